@@ -1,0 +1,49 @@
+# LLMs from the Ground Up. `make book` builds the book, `make test` runs every test (README.md).
+# Both create the project's virtual environment and fetch the data assets first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export PYTHONHASHSEED := 0
+
+.PHONY: venv data book test test-fast lab serve release check bench clean
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+data: venv          ## fetch the course assets and build the cached artifacts
+	$(BIN)/python -m llm_lib.data
+	$(BIN)/python -m llm_lib.pipeline all
+
+book: data          ## build the book into _build/html (executes every chapter, cached)
+	$(BIN)/jupyter-book build . --keep-going
+	@echo "Book built: open _build/html/index.html or run 'make serve'"
+
+test: book          ## the whole test suite (builds the book first: tests check the HTML too)
+	$(BIN)/python -m pytest -n 2 --durations=15
+
+test-fast: data     ## everything but the slow notebook/grading/book tests
+	$(BIN)/python -m pytest -n 2 -m "not slow"
+
+lab: data           ## JupyterLab on the student notebooks
+	$(BIN)/jupyter lab chapters/
+
+serve:              ## serve the built book at http://127.0.0.1:8000
+	$(BIN)/python -m http.server --directory _build/html --bind 127.0.0.1 8000
+
+release: venv       ## regenerate chapters/ from solutions/
+	$(BIN)/python -m autograder release
+
+check: venv         ## solutions full marks, releases zero, nothing leaks
+	$(BIN)/python -m autograder check
+
+bench: data         ## run every benchmark; results in benchmarks/RESULTS.md
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf _build .pytest_cache

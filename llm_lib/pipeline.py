@@ -1,0 +1,127 @@
+"""The course artifacts, one stage at a time: `python -m llm_lib.pipeline STAGE [--force]`.
+
+Each stage trains one artifact from the previous ones (raw corpus → tokenizer → base model → ...),
+deterministically, and caches it in `home()/artifacts/STAGE/` with a `manifest.json` that records the
+recipe it was built from. Notebooks call `load(STAGE)`, which returns the cached artifact or trains
+it on demand; a changed recipe (say, a new vocabulary size) makes the cache stale and retrains.
+
+    >>> tok = load("tokenizer")   # the course BPE tokenizer, 4,096 tokens, trained on Shakespeare
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from llm_lib.data import atomic_write, home, shakespeare_texts
+
+# Chat tokens are reserved from the start so the base model's vocabulary never has to grow for SFT.
+SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>"]
+
+RECIPES = {
+    "tokenizer": {"corpus": "shakespeare_texts('modern')", "vocab_size": 4096,
+                  "special_tokens": SPECIAL_TOKENS, "pattern": "GPT2_SPLIT_PATTERN", "version": 1},
+}
+
+
+def artifact_dir(stage: str) -> Path:
+    """Where a stage's artifact lives."""
+    return home() / "artifacts" / stage
+
+
+def train_tokenizer(out: Path, recipe: dict) -> dict:
+    """Train the course tokenizer on the Shakespeare corpus; returns numbers for the manifest."""
+    from llm_lib.tokenizer import BPETokenizer
+
+    text = "<|endoftext|>".join(shakespeare_texts("modern").values())
+    tok = BPETokenizer.train(text, recipe["vocab_size"], special_tokens=recipe["special_tokens"], verbose=True)
+    tok.save(out / "tokenizer.json")
+    return {"train_chars": len(text), "vocab_size": len(tok.vocab)}
+
+
+def load_tokenizer(path: Path):
+    from llm_lib.tokenizer import BPETokenizer
+
+    return BPETokenizer.load(path / "tokenizer.json")
+
+
+STAGES = {"tokenizer": (train_tokenizer, load_tokenizer)}
+
+
+@contextmanager
+def _lock(stage: str):
+    """One process trains a stage at a time (the book build and tests may ask at once)."""
+    path = home() / "artifacts" / f".{stage}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def is_current(stage: str) -> bool:
+    """True when the cached artifact exists and was built from today's recipe."""
+    manifest = artifact_dir(stage) / "manifest.json"
+    try:
+        return json.loads(manifest.read_text())["recipe"] == RECIPES[stage]
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def build(stage: str, force: bool = False) -> Path:
+    """Train `stage` into its artifact folder unless a current one is cached; return the folder."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    out = artifact_dir(stage)
+    with _lock(stage):
+        if not force and is_current(stage):
+            return out
+        train, _ = STAGES[stage]
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{stage}-"))
+        try:
+            start = time.perf_counter()
+            stats = train(tmp, RECIPES[stage])
+            manifest = {"stage": stage, "recipe": RECIPES[stage], "stats": stats,
+                        "seconds": round(time.perf_counter() - start, 1),
+                        "files": sorted(p.name for p in tmp.iterdir())}
+            atomic_write(tmp / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+            os.chmod(tmp, 0o755)
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(tmp, out)  # the folder appears complete or not at all
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return out
+
+
+def load(stage: str):
+    """The artifact of `stage`, trained first if the cache has no current one."""
+    _, loader = STAGES.get(stage, (None, None))
+    if loader is None:
+        raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
+    return loader(build(stage))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m llm_lib.pipeline", description=__doc__.split("\n\n")[0])
+    parser.add_argument("stages", nargs="+", choices=[*STAGES, "all"], help="what to build, in order")
+    parser.add_argument("--force", action="store_true", help="retrain even if a current artifact is cached")
+    args = parser.parse_args(argv)
+    for stage in STAGES if "all" in args.stages else args.stages:
+        out = build(stage, force=args.force)
+        manifest = json.loads((out / "manifest.json").read_text())
+        print(f"{stage}: {out} ({manifest['seconds']} s to build)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
