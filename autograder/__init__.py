@@ -1,0 +1,33 @@
+"""The course's instructor tool, built on nbgrader: `python -m autograder {release,check,grade}`.
+
+    release   solutions/NN-name/ -> chapters/NN-name/ (student notebooks, byte-for-byte reproducible)
+    check     chapters/ up to date, solutions score full marks, releases score zero, nothing leaks
+    grade     a folder of student notebooks -> grades.csv + gradebook.db + autograded notebooks
+
+Modules: `config` (paths, nbgrader settings), `notebook` (the exercise contract for one notebook),
+`course` (a temporary nbgrader course), `releasing`, `grading`, `audit` (the `check` command),
+`checks` (helpers the test cells call inside the student's kernel), `fsutil` (atomic writes).
+
+This file stays import-light: test cells run `from autograder.checks import ...` inside every
+student kernel, which must not pay for importing nbgrader.
+"""
+
+__all__ = ["release", "check", "grade", "grade_notebook", "ReleaseError"]
+
+_LAZY = {
+    "release": "releasing",
+    "ReleaseError": "releasing",
+    "list_chapters": "releasing",
+    "check": "audit",
+    "grade": "grading",
+    "grade_notebook": "grading",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module 'autograder' has no attribute {name!r}")
