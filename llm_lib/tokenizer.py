@@ -94,6 +94,8 @@ def bpe(piece, ranks, max_rank=None):
     """Merge the bytes of one pre-token into tokens, exactly as tiktoken does: start from single
     bytes and repeatedly join the adjacent pair whose concatenation has the lowest rank (leftmost
     on ties) until no adjacent pair is a token. Only ranks below `max_rank` are used, if given.
+    Ranking the concatenated bytes (rather than looking (id, id) pairs up in the merge list, as
+    minbpe does) is tiktoken's rule, so the ids match tiktoken's for any rank table.
 
     bpe(b"hello", {b"he": 0, b"ll": 1, b"llo": 2}) -> [b'he', b'llo']
     """
@@ -207,8 +209,8 @@ def train_bpe(word_counts, num_merges, verbose=False):
             continue  # stale: this pair's count changed after the entry was pushed
         new_token = vocab[pair[0]] + vocab[pair[1]]
         if new_token in id_of:
-            # The same string was already made by another pair, e.g. (b"a", b"bc") after (b"ab", b"c"):
-            # reuse its id so every byte string has one id (as tiktoken requires); no new token.
+            # Guard (not seen in practice): another pair already made this byte string. Reuse its id,
+            # so every byte string keeps one id, as tiktoken requires; no new token is added.
             idx = id_of[new_token]
         else:
             idx = len(vocab)

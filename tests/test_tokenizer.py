@@ -119,6 +119,8 @@ def test_render_token_and_count_pretokens():
     assert render_token(b"\xe2\x82") == "\ufffd"  # half a character
     assert count_pretokens("a a a") == {"a": 1, " a": 2}
     assert count_pretokens(f"hi{EOT} hi", special_tokens=[EOT]) == {"hi": 1, " hi": 1}
+    # "aaab": (a,a) 2 -> [aa,a,b]; then (aa,a) 1 ties (a,b) 1 and b"aa" > b"a" wins.
+    assert train_bpe({"aaab": 1}, 2)[1] == [(b"a", b"a"), (b"aa", b"a")]
 
 
 # --- training, checked by hand ---------------------------------------------------------------------
