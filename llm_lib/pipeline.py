@@ -6,6 +6,8 @@ recipe it was built from. Notebooks call `load(STAGE)`, which returns the cached
 it on demand; a changed recipe (say, a new vocabulary size) makes the cache stale and retrains.
 
     >>> tok = load("tokenizer")   # the course BPE tokenizer, 4,096 tokens, trained on Shakespeare
+    >>> model = load("base")      # the course base GPT (eval mode), trained on Shakespeare with `tok`
+    >>> tok.decode(llm_lib.sampling.generate(model, tok.encode("<|endoftext|>ROMEO."), 50, top_k=50))
 """
 from __future__ import annotations
 
@@ -28,6 +30,22 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>"]
 RECIPES = {
     "tokenizer": {"corpus": "shakespeare_texts('modern')", "vocab_size": 4096,
                   "special_tokens": SPECIAL_TOKENS, "pattern": "GPT2_SPLIT_PATTERN", "version": 1},
+}
+# The base model: a small GPT-2-style model pretrained on the modern-edition plays, in ~5 minutes on
+# 2 CPU cores (llm_lib.train.build_base_model). Whole works are held out for validation, so chapters
+# can measure (and prompt with) text the model never saw: RECIPES["base"]["held_out"].
+RECIPES["base"] = {
+    "corpus": "shakespeare_texts('modern')",
+    "tokenizer": RECIPES["tokenizer"],  # a new tokenizer means a new base model
+    "held_out": ["macbeth_gut", "twelfth_night_gut"],
+    "model": {"vocab_size": 4096, "context_length": 256, "n_layer": 4, "n_head": 6, "d_model": 192,
+              "dropout": 0.0},
+    "train": {"max_iters": 500, "batch_size": 8, "max_lr": 3e-3, "min_lr": 3e-4, "warmup_iters": 40,
+              "weight_decay": 0.1, "betas": [0.9, 0.95], "grad_clip": 1.0, "eval_interval": 50, "eval_iters": 4},
+    "seed": 1337,
+    "sample_prompts": ["", "ROMEO.\n", "FIRST WITCH.\nWhen shall we three meet again?\n"],
+    "sample_tokens": 120,
+    "version": 1,
 }
 
 
@@ -52,7 +70,23 @@ def load_tokenizer(path: Path):
     return BPETokenizer.load(path / "tokenizer.json")
 
 
-STAGES = {"tokenizer": (train_tokenizer, load_tokenizer)}
+def train_base(out: Path, recipe: dict) -> dict:
+    """Pretrain the course base model on the Shakespeare corpus minus the held-out works."""
+    from llm_lib.train import build_base_model
+
+    return build_base_model(out, recipe, load("tokenizer"), shakespeare_texts("modern"))
+
+
+def load_base(path: Path):
+    """The base GPT in eval mode; its tokenizer is load("tokenizer")."""
+    from llm_lib.model import GPT, GPTConfig
+    from llm_lib.train import load_model
+
+    config = GPTConfig(**json.loads((path / "config.json").read_text()))
+    return load_model(GPT(config), path / "model.safetensors").eval()
+
+
+STAGES = {"tokenizer": (train_tokenizer, load_tokenizer), "base": (train_base, load_base)}
 
 
 @contextmanager
