@@ -12,6 +12,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from llm_lib.data import atomic_write
+
 # Files a chapter folder may pick up while someone works in it; never released, never compared.
 # (The same list nbgrader ignores by default, plus editor and OS droppings.)
 IGNORED = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".DS_Store", "*~", ".*.swp"]
@@ -36,20 +38,7 @@ def list_files(folder: Path) -> list[Path]:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so readers see the old file or the new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, data)
 
 
 def atomic_copy_file(src: Path, dest: Path) -> None:
