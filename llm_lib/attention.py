@@ -192,3 +192,55 @@ class MultiHeadAttention(nn.Module):
             y = scaled_dot_product_attention(q, k, v, mask, dropout_p)  # (B, H, T, d_k)
         y = y.transpose(1, 2).reshape(B, T, self.d_model)  # merge heads back: (B, T, d_model)
         return self.resid_dropout(self.proj(y))
+
+
+# Looking inside: named versions of the steps MultiHeadAttention.forward does inline, for the book
+# (chapter 4) and for tools that display what a trained model attends to.
+
+
+def split_heads(x, n_heads):
+    """(B, T, d_model) -> (B, H, T, d_k): head h gets features h·d_k .. (h+1)·d_k - 1.
+
+    >>> split_heads(torch.zeros(2, 5, 12), n_heads=3).shape
+    torch.Size([2, 3, 5, 4])
+
+    The layout of MultiHeadAttention.forward: view the features as (H, d_k), then move H in front
+    of T so that each head is a separate (T, d_k) matrix, like an extra batch dimension.
+    """
+    if x.dim() != 3:
+        raise ValueError(f"split_heads expects x of shape (B, T, d_model), got {tuple(x.shape)}")
+    B, T, d_model = x.shape
+    if d_model % n_heads != 0:
+        raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}")
+    return x.view(B, T, n_heads, d_model // n_heads).transpose(1, 2)
+
+
+def merge_heads(y):
+    """(B, H, T, d_k) -> (B, T, H·d_k), undoing split_heads: the heads' outputs side by side.
+
+    >>> x = torch.randn(2, 5, 12)
+    >>> torch.equal(merge_heads(split_heads(x, 3)), x)
+    True
+    """
+    if y.dim() != 4:
+        raise ValueError(f"merge_heads expects y of shape (B, H, T, d_k), got {tuple(y.shape)}")
+    B, H, T, d_k = y.shape
+    return y.transpose(1, 2).reshape(B, T, H * d_k)  # reshape copies: after transpose y is not contiguous
+
+
+def attention_weights(q, k, mask=None):
+    """softmax(q kᵀ / √d_k + M): the (..., T_q, T_k) weights that scaled_dot_product_attention
+    averages the values with; each row sums to 1 (0 for a row that may attend to no key).
+
+    >>> attention_weights(torch.randn(4, 8), torch.randn(4, 8), causal_mask(4))[0].tolist()
+    [1.0, 0.0, 0.0, 0.0]
+
+    Computed by scaled_dot_product_attention itself with v = the identity matrix (value j is the
+    one-hot vector of key j, so the weighted average of the values is the row of weights), so the
+    weights shown are exactly those of the formula, masking rules included. Costs a (T_k, T_k)
+    matmul more than the scores: fine for looking at attention, not for a training loop.
+    """
+    _check_qkv(q, k, k)
+    T_k = k.shape[-2]
+    identity = torch.eye(T_k, dtype=k.dtype, device=k.device).expand(*k.shape[:-2], T_k, T_k)
+    return scaled_dot_product_attention(q, k, identity, mask)
