@@ -21,7 +21,7 @@ data: venv          ## fetch the course assets and build the cached artifacts
 	$(BIN)/python -m llm_lib.pipeline all
 
 book: data          ## build the book into _build/html (executes every chapter, cached)
-	$(BIN)/jupyter-book build . --keep-going
+	$(BIN)/jupyter-book build .
 	@echo "Book built: open _build/html/index.html or run 'make serve'"
 
 test: book          ## the whole test suite (builds the book first: tests check the HTML too)

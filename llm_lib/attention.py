@@ -173,7 +173,7 @@ class MultiHeadAttention(nn.Module):
         B, T, _ = x.shape
         q, k, v = self.qkv(x).split(self.d_model, dim=-1)  # 3 x (B, T, d_model)
         # Split heads: (B, T, d_model) -> (B, T, H, d_k) -> (B, H, T, d_k), heads act like a batch dim.
-        q, k, v = (t.view(B, T, self.n_heads, self.d_k).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (split_heads(t, self.n_heads) for t in (q, k, v))  # each (B, H, T, d_k)
         past = 0 if kv_cache is None else len(kv_cache)
         if rope is not None:
             q, k = rope(q, past), rope(k, past)
@@ -190,12 +190,12 @@ class MultiHeadAttention(nn.Module):
         else:
             mask = causal_mask(T, x.device, past) if self.causal else None
             y = scaled_dot_product_attention(q, k, v, mask, dropout_p)  # (B, H, T, d_k)
-        y = y.transpose(1, 2).reshape(B, T, self.d_model)  # merge heads back: (B, T, d_model)
+        y = merge_heads(y)  # (B, T, d_model)
         return self.resid_dropout(self.proj(y))
 
 
-# Looking inside: named versions of the steps MultiHeadAttention.forward does inline, for the book
-# (chapter 4) and for tools that display what a trained model attends to.
+# The head bookkeeping MultiHeadAttention.forward uses, and the attention weights themselves, named so
+# the book (chapter 4) and tools that display what a trained model attends to can call them.
 
 
 def split_heads(x, n_heads):
