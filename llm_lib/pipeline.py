@@ -12,17 +12,14 @@ it on demand; a changed recipe (say, a new vocabulary size) makes the cache stal
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
-import os
 import shutil
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-from llm_lib.data import atomic_write, home, shakespeare_texts
+from llm_lib.data import atomic_write, file_lock, home, install_folder, shakespeare_texts
 
 # Chat tokens are reserved from the start so the base model's vocabulary never has to grow for SFT.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -89,19 +86,6 @@ def load_base(path: Path):
 STAGES = {"tokenizer": (train_tokenizer, load_tokenizer), "base": (train_base, load_base)}
 
 
-@contextmanager
-def _lock(stage: str):
-    """One process trains a stage at a time (the book build and tests may ask at once)."""
-    path = home() / "artifacts" / f".{stage}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def is_current(stage: str) -> bool:
     """True when the cached artifact exists and was built from today's recipe."""
     manifest = artifact_dir(stage) / "manifest.json"
@@ -116,10 +100,11 @@ def build(stage: str, force: bool = False) -> Path:
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; choose one of {', '.join(STAGES)}")
     out = artifact_dir(stage)
-    with _lock(stage):
+    with file_lock(f"artifact-{stage}"):
         if not force and is_current(stage):
             return out
         train, _ = STAGES[stage]
+        out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{stage}-"))
         try:
             start = time.perf_counter()
@@ -128,9 +113,7 @@ def build(stage: str, force: bool = False) -> Path:
                         "seconds": round(time.perf_counter() - start, 1),
                         "files": sorted(p.name for p in tmp.iterdir())}
             atomic_write(tmp / "manifest.json", json.dumps(manifest, indent=2) + "\n")
-            os.chmod(tmp, 0o755)
-            shutil.rmtree(out, ignore_errors=True)
-            os.replace(tmp, out)  # the folder appears complete or not at all
+            install_folder(tmp, out)  # the folder appears complete or not at all
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -23,11 +23,13 @@ def offline(monkeypatch):
     monkeypatch.setenv("PIP_RETRIES", "0")
     monkeypatch.setenv("PIP_TIMEOUT", "2")
     monkeypatch.delenv("PIP_FIND_LINKS", raising=False)
-    monkeypatch.setenv("PIP_NO_INDEX", "")
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no mirror or find-links from pip's config files
 
 
 def cached_files(home: Path) -> list[Path]:
-    return sorted(p for p in home.rglob("*") if p.is_file()) if home.exists() else []
+    """Every file in the cache but the (empty) lock files."""
+    files = home.rglob("*") if home.exists() else []
+    return sorted(p for p in files if p.is_file() and ".locks" not in p.parts)
 
 
 @pytest.mark.slow
@@ -119,3 +121,18 @@ def test_home_default(monkeypatch):
     monkeypatch.setenv("LLM_LIB_HOME", "/somewhere")
     assert data.home() == Path("/somewhere")
     assert os.fspath(data.home()) == "/somewhere"
+
+
+@pytest.mark.slow
+def test_two_processes_fetching_at_once_both_succeed(fresh_home):
+    # The book build and a test worker may ask for the same asset on a cold cache at the same time.
+    import subprocess
+    import sys
+
+    code = "from llm_lib import data; print(sum(map(len, data.chatterbot_conversations().values())))"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ}) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in results]
+    assert results[0][0] == results[1][0] and int(results[0][0]) > 100
+    assert not [p for p in fresh_home.iterdir() if p.name.startswith(".chatterbot-")]  # no temp folders left

@@ -34,7 +34,7 @@ def test_build_caches_and_load_returns_the_trained_tokenizer(monkeypatch, tmp_pa
     assert not pipeline.is_current("tokenizer")
     assert len(pipeline.load("tokenizer").vocab) == 290
     # No temporary folders are left next to the artifact.
-    assert sorted(p.name for p in (home / "artifacts").iterdir()) == [".tokenizer.lock", "tokenizer"]
+    assert sorted(p.name for p in (home / "artifacts").iterdir()) == ["tokenizer"]
 
 
 def test_failed_build_leaves_previous_artifact(monkeypatch, tmp_path):
@@ -51,7 +51,7 @@ def test_failed_build_leaves_previous_artifact(monkeypatch, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         pipeline.build("tokenizer", force=True)
     assert (good / "tokenizer.json").read_bytes() == before
-    assert sorted(p.name for p in good.parent.iterdir()) == [".tokenizer.lock", "tokenizer"]
+    assert sorted(p.name for p in good.parent.iterdir()) == ["tokenizer"]
 
 
 def test_unknown_stage():
