@@ -150,6 +150,8 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_model, n_heads, bias=True, dropout=0.0, fused=False, causal=True):
         super().__init__()
+        if not isinstance(n_heads, int) or n_heads < 1:
+            raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
         if d_model % n_heads != 0:
             raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads} "
                              f"so every head gets d_model / n_heads features")

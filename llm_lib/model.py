@@ -260,6 +260,10 @@ class GPT(nn.Module):
             if config is None:
                 raise ValueError("pass config= (the GPT2Config) with a state_dict: n_head is not in the weights")
         else:
+            if not hasattr(hf_model_or_state_dict, "state_dict"):
+                raise TypeError("from_huggingface takes a transformers GPT2LMHeadModel or its state_dict (with "
+                                f"config=), got {type(hf_model_or_state_dict).__name__}; to use a hub name, load "
+                                "it with GPT2LMHeadModel.from_pretrained(name) first (that needs the network)")
             state_dict, config = hf_model_or_state_dict.state_dict(), config or hf_model_or_state_dict.config
         if getattr(config, "activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
             raise ValueError(f"GPT expects GPT-2's tanh-approximated GELU, got {config.activation_function!r}")

@@ -467,9 +467,9 @@ class BPETokenizer:
             raise TypeError(f"decode expects a sequence of token ids (ints), not {type(ids).__name__}")
         parts = []
         for i in ids:
-            token = self.vocab.get(i)
+            token = self.vocab.get(i) if type(i) is int else None  # fast path; 104.0 must not pass as 104
             if token is None:
-                token = self.vocab.get(self._check_id(i))
+                token = self.vocab[self._check_id(i)]
             parts.append(token)
         return b"".join(parts)
 

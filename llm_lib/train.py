@@ -76,6 +76,8 @@ def get_batch(data, batch_size, context_length, device="cpu", generator=None):
     for name, n in (("batch_size", batch_size), ("context_length", context_length)):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"{name} must be a positive int, got {n!r}")
+    if isinstance(data, np.ndarray) and (data.ndim != 1 or not np.issubdtype(data.dtype, np.integer)):
+        raise ValueError(f"data must be a 1-D array of integer token ids, got shape {data.shape} and dtype {data.dtype}")
     n = len(data)
     if n < context_length + 1:
         raise ValueError(f"data has {n} tokens but one window needs context_length + 1 = {context_length + 1} "

@@ -163,3 +163,11 @@ def test_dropout_only_in_training():
     torch.testing.assert_close(attn(x), attn(x))
     attn.train()
     assert not torch.allclose(attn(x), attn(x))
+
+
+def test_multi_head_attention_needs_a_positive_number_of_heads():
+    from llm_lib.attention import MultiHeadAttention
+
+    for bad in (0, -2, 2.0):
+        with pytest.raises(ValueError, match="n_heads must be a positive int"):
+            MultiHeadAttention(8, bad)

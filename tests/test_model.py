@@ -245,3 +245,10 @@ def test_flops_per_token_matches_flop_counter(name):
     with FlopCounterMode(display=False) as shorter:
         model(idx[:, :8])
     assert shorter.get_total_flops() == 3 * 8 * flops_per_token(config, seq_len=8)
+
+
+def test_from_huggingface_explains_what_it_takes():
+    from llm_lib.model import GPT
+
+    with pytest.raises(TypeError, match="GPT2LMHeadModel or its state_dict"):
+        GPT.from_huggingface("gpt2")

@@ -493,3 +493,13 @@ def test_constructor_validates_vocab_and_merges():
         BPETokenizer({**vocab, 256: b"hi"}, [(b"h", b"i")], {EOT: 256})
     tok = BPETokenizer({**vocab, 256: b"hi"}, [(b"h", b"i")], [EOT])
     assert tok.special_tokens == {EOT: 257} and tok.encode(f"hi{EOT}") == [256, 257]
+
+
+def test_decode_refuses_ids_that_are_not_ints():
+    tok = BPETokenizer.train("hello hello world", 260)
+    with pytest.raises(TypeError, match="token ids must be ints"):
+        tok.decode([104.0])  # a float id must not pass as 104
+    with pytest.raises(TypeError, match="token ids must be ints"):
+        tok.decode([[104]])
+    import numpy as np
+    assert tok.decode(np.array([104, 105])) == "hi"  # integer scalars of other libraries are fine

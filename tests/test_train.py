@@ -288,3 +288,13 @@ def test_base_stage_writes_a_loadable_model_deterministically(tmp_path):
         ids = torch.tensor([tok.encode("<|endoftext|>" + texts["phoenix_and_the_turtle_gut"])])
         loss = evaluate(model, ids[0])
     assert loss == pytest.approx(stats["val_loss"], abs=1e-4)
+
+
+def test_get_batch_refuses_arrays_that_are_not_1d_integer_ids():
+    import numpy as np
+    from llm_lib.train import get_batch
+
+    with pytest.raises(ValueError, match="1-D array of integer token ids"):
+        get_batch(np.zeros((100, 2), dtype=np.int64), 2, 4)
+    with pytest.raises(ValueError, match="1-D array of integer token ids"):
+        get_batch(np.linspace(0, 5, 100), 2, 4)
