@@ -2,7 +2,8 @@
 
     with TempCourse(root, "02-tokenization") as course:
         release_dir = course.generate_assignment()       # nbgrader generate_assignment
-        course.submit("alice", "alice_02.ipynb")         # -> submitted/alice/02-tokenization/02-tokenization.ipynb
+        course.submit("alice", Path("alice_02.ipynb"), "02-tokenization")
+                                                         # -> submitted/alice/02-tokenization/02-tokenization.ipynb
         ok, log = course.autograde("alice")              # nbgrader autograde (runs a kernel)
 
 The course folder holds `source/<chapter>/` (a copy of solutions/<chapter>/), `release/`,

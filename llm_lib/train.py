@@ -62,6 +62,11 @@ def _as_tensor(data, name="data"):
     return data.long()
 
 
+def _unwrap(model):
+    """The model itself, also when DistributedDataParallel wraps it."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
 def get_batch(data, batch_size, context_length, device="cpu", generator=None):
     """Random windows of a token stream: inputs x (B, T) and targets y (B, T), y = x shifted by one.
 
@@ -117,7 +122,7 @@ def evaluate(model, data, batch_size=8, context_length=None, eval_iters=None, ge
     >>> evaluate(model, val_ids)              # full pass
     >>> evaluate(model, val_ids, eval_iters=10, generator=torch.Generator().manual_seed(0))
     """
-    raw = model.module if isinstance(model, DistributedDataParallel) else model
+    raw = _unwrap(model)
     T = context_length or raw.config.context_length
     data = _as_tensor(data)
     was_training = raw.training
@@ -153,10 +158,6 @@ def evaluate(model, data, batch_size=8, context_length=None, eval_iters=None, ge
 
 
 # --- checkpoints --------------------------------------------------------------------------------
-
-def _unwrap(model):
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
 
 def _model_tensors(model):
     """state_dict with each storage once: tied weights (the head sharing the embedding) would make
