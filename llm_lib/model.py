@@ -243,6 +243,8 @@ class GPT(nn.Module):
             return logits
         if targets.shape != idx.shape:
             raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
+        if targets.is_floating_point() or targets.is_complex():
+            raise TypeError(f"targets must be integer token ids, got dtype {targets.dtype}")
         # Same as llm_lib.losses.cross_entropy (chapter 6), in torch's faster fused form.
         loss = F.cross_entropy(logits.reshape(B * T, -1), targets.reshape(B * T).long())
         return logits, loss

@@ -55,7 +55,7 @@ class AdamW(torch.optim.Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         if not 0.0 <= lr:
             raise ValueError(f"lr must be >= 0; got {lr}")
-        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), e.g. (0.9, 0.999); got {betas}")
         if not 0.0 <= eps:
             raise ValueError(f"eps must be >= 0; got {eps}")

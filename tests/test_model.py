@@ -252,3 +252,12 @@ def test_from_huggingface_explains_what_it_takes():
 
     with pytest.raises(TypeError, match="GPT2LMHeadModel or its state_dict"):
         GPT.from_huggingface("gpt2")
+
+
+def test_forward_refuses_float_targets():
+    from llm_lib.model import GPT, GPTConfig
+
+    model = GPT(GPTConfig(vocab_size=16, context_length=8, n_layer=1, n_head=2, d_model=8))
+    idx = torch.randint(0, 16, (2, 4))
+    with pytest.raises(TypeError, match="targets must be integer token ids"):
+        model(idx, idx.float())

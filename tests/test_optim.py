@@ -211,3 +211,10 @@ def test_clip_grad_norm_edge_cases():
     for bad in (-1.0, float("nan"), "1.0"):
         with pytest.raises(ValueError, match="max_norm"):
             clip_grad_norm_([p], bad)
+
+
+def test_adamw_betas_must_be_a_pair():
+    from llm_lib.optim import AdamW
+
+    with pytest.raises(ValueError, match="betas must be two numbers"):
+        AdamW([torch.nn.Parameter(torch.zeros(2))], betas=0.9)
