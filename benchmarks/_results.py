@@ -20,7 +20,8 @@ def machine() -> str:
 
 
 def write_section(name: str, markdown: str) -> None:
-    """Replace (or append) the section called `name` in RESULTS.md with `markdown`."""
+    """Print `markdown`, then replace (or append) the section called `name` in RESULTS.md with it."""
+    print(markdown)
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     text = RESULTS.read_text() if RESULTS.exists() else HEADER
     block = f"{begin}\n{markdown.strip()}\n\n_Measured on {machine()}._\n{end}"

@@ -129,7 +129,6 @@ def main():
     lines += ["", f"Fused paths: worst ratio {max(fused):.2f}x "
                   f"({'meets' if max(fused) <= 1.2 else 'MISSES'} the 1.2x goal)."]
     markdown = "\n".join(lines)
-    print(markdown)
     print(f"\n({time.perf_counter() - start:.0f} s)")
     write_section("model", markdown)
 

@@ -102,7 +102,6 @@ def main():
               f"({'PASS' if base_512 >= 5 else 'MISS'}); same architecture with context 1024, where all 512 tokens "
               f"fit, **{long_512:.1f}x** ({'PASS' if long_512 >= 5 else 'MISS'}). Goal ≥ 5x."]
     markdown = "\n".join(lines)
-    print(markdown)
     print(f"\n({time.perf_counter() - start_all:.0f} s)")
     write_section("sampling", markdown)
 

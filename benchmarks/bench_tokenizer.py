@@ -199,7 +199,6 @@ def main():
     ]
     markdown = "## Tokenizer (`benchmarks/bench_tokenizer.py`)\n\n" + "\n".join(rows) + "\n\n" + "\n\n".join(notes)
     write_section("tokenizer", markdown)
-    print(markdown)
     print(f"total {time.perf_counter() - t0:.0f}s")
 
 

@@ -180,7 +180,6 @@ def main():
              f"plain {max(times['plain']) / min(times['plain']):.2f}; matmul peak spread "
              f"{max(peaks) / min(peaks):.2f} on this shared machine."]
     markdown = "\n".join(lines)
-    print(markdown)
     print(f"\n({time.perf_counter() - start_all:.0f} s)")
     write_section("train", markdown)
 
