@@ -7,8 +7,10 @@ command-line pipeline.
 
 from __future__ import annotations
 
+import base64
 import html
 import inspect
+import io
 import re
 import textwrap
 import uuid
@@ -21,6 +23,8 @@ __all__ = [
     "show_tokens",
     "TokenizerPlayground",
     "tokenizer_playground",
+    "figure_png",
+    "figure_html",
 ]
 
 # Pastel tints of the Okabe-Ito palette (safe for the common colour-vision deficiencies), each with its
@@ -41,6 +45,28 @@ DEFAULT_PLAYGROUND_TEXT = (
     "Aeronautics, aeronautics, AERONAUTICS, aeronatuics.\n"
     "12345 + 678 = 13023 \U0001F98A"
 )
+
+
+# ----------------------------------------------------------------------------------------------------
+# Figures inside HTML (widget snapshots): one way to turn a matplotlib figure into an <img>
+
+
+def figure_png(fig, dpi: int = 100) -> bytes:
+    """A matplotlib figure as PNG bytes, and the figure closed (for an ipywidgets Image or an <img>)."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def figure_html(fig, alt: str, dpi: int = 100) -> str:
+    """A matplotlib figure as a self-contained <img> tag with alt text: `figure_html(fig, "loss curve")`."""
+    if not alt or not alt.strip():
+        raise ValueError("figure_html needs alt text that says what the figure shows (for screen readers)")
+    data = base64.b64encode(figure_png(fig, dpi)).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" style="max-width:100%" src="data:image/png;base64,{data}"/>'
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -17,10 +17,8 @@ ipywidgets, IPython and matplotlib are imported inside the functions that need t
 """
 from __future__ import annotations
 
-import base64
 import collections
 import html
-import io
 import math
 import uuid
 from collections.abc import Iterable, Sequence
@@ -28,6 +26,8 @@ from collections.abc import Iterable, Sequence
 import regex
 import torch
 import torch.nn.functional as F
+
+from llm_lib.display import figure_html
 
 __all__ = [
     "one_hot",
@@ -288,13 +288,6 @@ def train_word_vectors(texts: Iterable[str], vocab_size: int = 3000, dim: int = 
 BLUE, ORANGE, GREEN, VERMILLION, GREY = "#0072b2", "#e69f00", "#009e73", "#d55e00", "#bbbbbb"
 
 
-def _figure_html(fig) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    data = base64.b64encode(buffer.getvalue()).decode("ascii")
-    return f'<img style="max-width:100%" src="data:image/png;base64,{data}"/>'
-
-
 def _bars_html(rows: list[tuple[str, float]], title: str) -> str:
     """A small table of words with a bar for each similarity in [-1, 1]."""
     lines = []
@@ -388,7 +381,7 @@ class EmbeddingExplorer:
         return (
             '<div style="display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start">'
             f'<div style="min-width:200px">{_bars_html(rows, f"nearest to {word!r} (cosine)")}</div>'
-            f'<div style="flex:1 1 600px">{_figure_html(self.figure(word))}</div></div>'
+            f'<div style="flex:1 1 600px">{figure_html(self.figure(word), f"word vectors near {word!r}")}</div></div>'
         )
 
     def _update(self, change=None) -> None:
