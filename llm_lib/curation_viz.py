@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import uuid
 from itertools import combinations
 
 import numpy as np
 
+from llm_lib.display import figure_png
 from llm_lib.curation import lsh_candidate_pairs, lsh_probability, lsh_threshold, pair_precision_recall
 
 __all__ = ["lsh_scores", "lsh_figure", "LSHExplorer", "lsh_explorer"]
@@ -70,15 +70,6 @@ def lsh_figure(bands: int, rows: int, same: np.ndarray, other: np.ndarray, score
     return fig
 
 
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
-
-
 class LSHExplorer:
     """Sliders for bands and rows; the S-curve, the pairs and the candidates' precision/recall follow."""
 
@@ -110,7 +101,7 @@ class LSHExplorer:
         scores = lsh_scores(self.signatures, self.truth, bands, rows)
         text = (f"{scores['candidates']} candidate pairs; precision {scores['precision']:.2f}, "
                 f"recall {scores['recall']:.2f} against the {len(self.truth)} known pairs (before the signature check)")
-        return _png(lsh_figure(bands, rows, self.same, self.other, scores)), html.escape(text)
+        return figure_png(lsh_figure(bands, rows, self.same, self.other, scores)), html.escape(text)
 
     def _update(self, change=None):
         png, text = self._render(self.bands.value, self.rows.value)

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 import uuid
 
 import torch
 
+from llm_lib.display import figure_png
 from llm_lib.losses import cross_entropy
 
-__all__ = ["spread_probability", "loss_and_gradient", "loss_figure", "figure_png", "LossExplorer", "loss_explorer"]
+__all__ = ["spread_probability", "loss_and_gradient", "loss_figure", "LossExplorer", "loss_explorer"]
 
 # A five-token toy vocabulary: the model has read "To be, or not to" and the correct next token is " be".
 # The weights say how the probability the model does not give to " be" is shared among the others.
@@ -113,13 +113,6 @@ def loss_figure(p: float, tokens=DEFAULT_TOKENS, weights=DEFAULT_WEIGHTS):
                transform=grads.transAxes, ha="right", va="top", fontsize=8, color="#333333")
     fig.tight_layout()
     return fig
-
-
-def figure_png(fig) -> bytes:
-    """A matplotlib Figure as PNG bytes (for an ipywidgets Image or an <img> tag)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
 
 
 def _readout_html(p: float, tokens, weights) -> str:

@@ -16,7 +16,7 @@ import uuid
 
 import torch
 
-from llm_lib.losses_viz import figure_png
+from llm_lib.display import figure_png
 from llm_lib.quantize import quantize_tensor
 
 __all__ = ["quantization_stats", "quantization_figure", "QuantizationExplorer", "quantization_explorer"]

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import uuid
 
 import torch
 
-from llm_lib.display import VISIBLE_WHITESPACE
+from llm_lib.display import VISIBLE_WHITESPACE, figure_png
 from llm_lib.sampling import generate, top_k_filter, top_p_filter
 
-__all__ = ["filtered_probs", "entropy_nats", "token_label", "distribution_figure", "figure_png",
+__all__ = ["filtered_probs", "entropy_nats", "token_label", "distribution_figure",
            "SamplingExplorer", "sampling_explorer"]
 
 KEPT_COLOUR = "#0072b2"     # Okabe-Ito blue: probability after the filters
@@ -94,13 +93,6 @@ def distribution_figure(logits, labels, temperature=1.0, top_k=None, top_p=None,
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
-
-
-def figure_png(fig) -> bytes:
-    """A matplotlib Figure as PNG bytes (for an ipywidgets Image or an <img> tag)."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
 
 
 class SamplingExplorer:

@@ -15,7 +15,7 @@ import base64
 import html
 import uuid
 
-from llm_lib.losses_viz import figure_png
+from llm_lib.display import figure_png
 from llm_lib.train import TrainConfig, lr_schedule
 
 __all__ = ["schedule_stats", "schedule_figure", "ScheduleExplorer", "schedule_explorer"]

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from llm_lib.losses_viz import LossExplorer, figure_png, loss_and_gradient, loss_figure, spread_probability
+from llm_lib.display import figure_png
+from llm_lib.losses_viz import LossExplorer, loss_and_gradient, loss_figure, spread_probability
 
 
 def test_spread_probability_gives_p_to_the_first_token_and_shares_the_rest():

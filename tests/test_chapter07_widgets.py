@@ -10,7 +10,8 @@ import pytest
 from llm_lib import train_viz
 from llm_lib.optim import cosine_lr
 from llm_lib.train import TrainConfig, lr_schedule
-from llm_lib.train_viz import ScheduleExplorer, figure_png, schedule_figure, schedule_stats
+from llm_lib.display import figure_png
+from llm_lib.train_viz import ScheduleExplorer, schedule_figure, schedule_stats
 
 
 def test_docstring_examples_run():

@@ -9,8 +9,8 @@ import torch
 
 from llm_lib.model import GPT, GPTConfig
 from llm_lib.sampling import generate, sample_next
-from llm_lib.sampling_viz import (SamplingExplorer, distribution_figure, entropy_nats, figure_png,
-                                  filtered_probs, token_label)
+from llm_lib.display import figure_png
+from llm_lib.sampling_viz import SamplingExplorer, distribution_figure, entropy_nats, filtered_probs, token_label
 from llm_lib.tokenizer import BPETokenizer
 
 
