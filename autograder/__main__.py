@@ -13,7 +13,7 @@ The course's instructor tool, built on nbgrader.
 
   release   regenerate chapters/ (student notebooks) from solutions/
   check     chapters/ up to date, solutions score full marks, releases score zero, nothing leaks
-  grade     grade a folder of student notebooks into grades.csv
+  grade     grade a class (folder or zip of notebooks) into grades.csv, in parallel and sandboxed
 
 Run `python -m autograder COMMAND --help` for the details of a command."""
 
@@ -80,24 +80,35 @@ Prints a report; exits with status 1 if anything fails.""",
 
     p = commands.add_parser(
         "grade",
-        help="grade a folder of student notebooks",
+        help="grade a class: parallel, sandboxed, resumable",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
-Grade every submission in SUBMISSIONS with real `nbgrader autograde` (hidden tests restored from
-the gradebook, each notebook run in a fresh kernel). SUBMISSIONS holds `<student_id>_anything.ipynb`
-files and/or one folder per student containing the notebook. The submissions are never modified.
+Grade every submission in SUBMISSIONS with real nbgrader (autograde: locked test cells and hidden
+tests restored from the gradebook, ids de-duplicated; then generate_feedback), several at a time.
+SUBMISSIONS is a folder or a zip holding `<student_id>_anything.ipynb` files and/or one folder per
+student containing the notebook. The submissions are never modified.
+
+Each student kernel runs in a sandbox: time limits per cell and per notebook, memory, file-size and
+(as root) process limits, a private work dir, and (as root) its own uid, no network and no view of
+solutions/, the gradebook, the submissions or DIR. See book/instructor-guide.md.
 
 Writes, in DIR:
   grades.csv     one row per student: student_id, one column per graded cell (written answers are
                  left blank for hand grading), total and max_total (autograded points), reason
-  gradebook.db   the nbgrader gradebook (open it with nbgrader's formgrader to grade by hand)
-  autograded/    the executed notebooks, autograded/<student_id>/<chapter>/<chapter>.ipynb
-A notebook that cannot be graded (invalid JSON, another chapter's notebook...) gets a zero row
-with the reason; the rest of the class is graded as usual.""",
+  report.json    the same and more (errors per cell, seconds, sandbox settings), for programs
+  summary.md     per-exercise means and the submissions with a problem; scores.png: score histograms
+  feedback/      <student_id>.html: scores, visible tests and failure messages, no hidden test code
+  autograded/    the executed notebooks (hidden tests included: for the instructor only)
+  results/       one file per graded submission: a re-run grades only new or changed submissions
+  gradebook.db   the nbgrader gradebook (unless --db-url), written by the grading process only
+A notebook that cannot be graded (invalid JSON, another chapter's notebook, a dead kernel,
+tampered checks...) gets a zero row (or the points it earned) with the reason.""",
     )
     p.add_argument("--chapter", required=True, help="the chapter folder the submissions answer, e.g. 02-tokenization")
-    p.add_argument("submissions", type=Path, metavar="SUBMISSIONS", help="folder of student notebooks")
+    p.add_argument("submissions", type=Path, metavar="SUBMISSIONS", help="folder or zip of student notebooks")
     p.add_argument("--out", type=Path, metavar="DIR", help="where to write the results (default: SUBMISSIONS-graded next to SUBMISSIONS)")
+    p.add_argument("--workers", type=int, metavar="N", help="submissions graded at once (default: the number of cores)")
+    p.add_argument("--db-url", metavar="URL", help="the gradebook, e.g. postgresql://user@host/db (default: sqlite in DIR)")
     _root(p)
     _timeout(p)
     return parser
@@ -117,10 +128,13 @@ def main(argv: list[str] | None = None) -> int:
             ok = check(args.chapters, root=args.root, grading=not args.no_grading, cell_timeout=args.timeout)
             return 0 if ok else 1
         if args.command == "grade":
-            from .grading import grade
+            from .classgrade import grade_class
 
-            grade(args.chapter, args.submissions, args.out, root=args.root, cell_timeout=args.timeout)
-            return 0
+            results = grade_class(
+                args.chapter, args.submissions, args.out, root=args.root, workers=args.workers,
+                db_url=args.db_url, cell_timeout=args.timeout,
+            )
+            return 0 if results is not None else 1
     except ValueError as exc:  # ReleaseError, unknown chapter, bad folder: a message, not a traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1

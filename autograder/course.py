@@ -89,7 +89,9 @@ def _in_process_alembic_head() -> None:
 class TempCourse:
     """A temporary nbgrader course directory for `chapter` (see module docstring)."""
 
-    def __init__(self, root: Path, chapter: str, *, cell_timeout: int | None = None, keep: bool = False):
+    def __init__(
+        self, root: Path, chapter: str, *, cell_timeout: int | None = None, keep: bool = False, extra_config=None
+    ):
         _venv_on_path()
         _in_process_alembic_head()
         self.root = Path(root).resolve()
@@ -98,6 +100,8 @@ class TempCourse:
         self.path = Path(tempfile.mkdtemp(prefix=f"autograder-{chapter}-"))
         kwargs = {} if cell_timeout is None else {"cell_timeout": cell_timeout}
         self.config = nbgrader_config(self.path, **kwargs)
+        if extra_config is not None:  # e.g. the sandboxed preprocessors, another gradebook (classgrade)
+            self.config.merge(extra_config)
         self.log = _quiet_logger(f"autograder.nbgrader.{chapter}")
         self.source_dir = self.path / "source" / chapter
         src = self.root / SOLUTIONS / chapter

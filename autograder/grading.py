@@ -93,13 +93,13 @@ class Grader:
             result = grader.grade_submission("alice", Path("alice_02.ipynb"))
     """
 
-    def __init__(self, chapter: str, root: Path | None = None, *, cell_timeout: int = CELL_TIMEOUT):
+    def __init__(self, chapter: str, root: Path | None = None, *, cell_timeout: int = CELL_TIMEOUT, extra_config=None):
         self.root = Path(root or REPO_ROOT).resolve()
         self.chapter = chapter
         check_solution_notebooks(self.root, chapter)
         source = read_notebook(self.root / SOLUTIONS / chapter / f"{chapter}.ipynb")
         self.cells: list[GradedCell] = graded_cells(source)
-        self.course = TempCourse(self.root, chapter, cell_timeout=cell_timeout)
+        self.course = TempCourse(self.root, chapter, cell_timeout=cell_timeout, extra_config=extra_config)
         try:
             self.course.generate_assignment()
         except BaseException:
