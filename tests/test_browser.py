@@ -100,8 +100,10 @@ def test_page_renders_offline_without_errors(site, browser, file):
         broken = page.evaluate("() => Array.from(document.images)"
                                ".filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src)")
         assert not broken, f"{file}: images that did not load: {broken}"
+        # myst-nb's default alt is the image's own path, which tells a screen-reader user nothing.
         missing_alt = page.evaluate("() => Array.from(document.querySelectorAll('article img'))"
-                                    ".filter(i => !i.hasAttribute('alt')).map(i => i.src)")
+                                    ".filter(i => !/[a-z]{3,}/i.test((i.alt || '').replace(/\\S+\\.(png|svg|jpe?g)/g, '')))"
+                                    ".map(i => i.src.slice(0, 80))")
         assert not missing_alt, f"{file}: images without alt text: {missing_alt}"
         if file.startswith("chapters/"):  # (the instructor guide shows the markers when it explains them)
             text = page.inner_text("body")
