@@ -210,25 +210,27 @@ def _isolate(s: SandboxSettings, workdir: Path) -> None:
     _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWNET), "unshare")
     _mount("none", "/", None, MS_REC | MS_PRIVATE)
     home = Path(os.path.expanduser("~")).resolve()
-    needed = [Path(p).resolve() for p in s.keep_readable]
-    needed = [p for p in needed if p.exists() and (p == home or home in p.parents)]
+    scratch = [Path(p) for p in ("/tmp", "/var/tmp", "/dev/shm") if Path(p).is_dir()]
+    covered = scratch + ([home] if home != Path("/") else [])  # what the tmpfs mounts below replace
+    needed = sorted({Path(p).resolve() for p in s.keep_readable}, key=lambda p: len(p.parts))
+    # Only what lives under a covered folder must be bound back (a checkout or venv under /tmp, say).
+    needed = [p for p in needed if p.exists() and any(p == c or c in p.parents for c in covered)]
     # Keep handles on what will be hidden, so it can be bound back afterwards.
     fds = {p: os.open(p, os.O_PATH | os.O_DIRECTORY) for p in needed + [workdir]}
     if home != Path("/"):
         _mount("tmpfs", str(home), "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m")
-        for p in needed:
-            p.mkdir(parents=True, exist_ok=True)
-            _mount(f"/proc/self/fd/{fds[p]}", str(p), None, MS_BIND | MS_REC)
-            _mount("none", str(p), None, MS_REMOUNT | MS_BIND | MS_RDONLY)
-    for p in s.hide:
+    size = f"size={s.max_file_mb}m"
+    for p in scratch:
+        _mount("tmpfs", str(p), "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,{size}")
+    for p in needed:  # parents first, so a child's mount point exists inside its parent's bind
+        p.mkdir(parents=True, exist_ok=True)
+        _mount(f"/proc/self/fd/{fds[p]}", str(p), None, MS_BIND | MS_REC)
+        _mount("none", str(p), None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+    for p in s.hide:  # after the binds, so a hidden folder inside a bound one stays hidden
         if Path(p).is_dir():
             _mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "mode=0000,size=4k")
         elif Path(p).is_file():  # e.g. the zip of all submissions
             _mount("/dev/null", p, None, MS_BIND)
-    size = f"size={s.max_file_mb}m"
-    for p in ("/tmp", "/var/tmp", "/dev/shm"):
-        if Path(p).is_dir():
-            _mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,{size}")
     # The work dir may have lived under /tmp: bind it back at the same path.
     workdir.mkdir(parents=True, exist_ok=True)
     _mount(f"/proc/self/fd/{fds[workdir]}", str(workdir), None, MS_BIND)
