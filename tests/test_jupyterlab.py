@@ -65,6 +65,13 @@ def lab(tmp_path):
         log.close()
 
 
+def answer_kernel_dialog(page) -> None:
+    """A fresh JupyterLab may ask which kernel to start ("Select Kernel"): take the notebook's own."""
+    select = page.get_by_role("button", name="Select", exact=True)
+    if select.count() and select.first.is_visible():
+        select.first.click()
+
+
 def validate(path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "nbgrader"), "validate", str(path)], capture_output=True, text=True,
                           cwd=path.parent, timeout=600)
@@ -74,6 +81,7 @@ def test_student_runs_a_chapter_in_jupyterlab_and_validates_it(lab):
     from playwright.sync_api import sync_playwright
 
     base, token, folder = lab
+    SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -83,14 +91,25 @@ def test_student_runs_a_chapter_in_jupyterlab_and_validates_it(lab):
         page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
 
+        answer_kernel_dialog(page)
         page.get_by_role("menuitem", name="Run", exact=True).click()
         page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-        # Run All is done when no cell waits or runs ("[*]") and the kernel is idle again.
-        page.wait_for_function(
-            """() => {
-                const prompts = Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputPrompt'));
-                return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
-            }""", timeout=540_000)
+        # Run All is done when every cell has run ("[n]"), or stops early when a cell fails. A fresh
+        # JupyterLab may first ask which kernel to use: answer with the notebook's own.
+        finished = """() => {
+            const prompts = Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputPrompt'));
+            const failed = Array.from(document.querySelectorAll(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"))
+                .some(e => /Traceback|Error:/.test(e.textContent));  // (tqdm bars also write to stderr)
+            return failed || (prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent)));
+        }"""
+        deadline = time.monotonic() + 840
+        while not page.evaluate(finished):
+            answer_kernel_dialog(page)
+            if time.monotonic() > deadline:
+                prompts = page.eval_on_selector_all(".jp-CodeCell .jp-InputPrompt", "els => els.map(e => e.textContent)")
+                page.screenshot(path=str(SHOTS / "jupyterlab_timeout.png"))
+                raise AssertionError(f"Run All did not finish in 14 minutes; prompts: {prompts}")
+            page.wait_for_timeout(3000)
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
 
         failures = page.eval_on_selector_all(
@@ -103,7 +122,6 @@ def test_student_runs_a_chapter_in_jupyterlab_and_validates_it(lab):
         playground.wait_for(timeout=30_000)
         playground.fill("strawberry")
         page.wait_for_function("() => document.body.innerText.includes('straw')", timeout=30_000)
-        SHOTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOTS / "jupyterlab_chapter02.png"))
 
         page.get_by_role("menuitem", name="File", exact=True).click()
