@@ -227,16 +227,13 @@ def build_dpo_model(out, recipe, tok, sft_model, reward_model, train_pairs, test
     held-out tasks, judged by the reward model and by the rule); returns stats for the manifest.
     """
     import copy
-    import json
     import os
     import time
-    from dataclasses import asdict
     from pathlib import Path
 
-    from llm_lib.data import atomic_write
     from llm_lib.reward import compare_policies
     from llm_lib.sft import make_tasks
-    from llm_lib.train import save_model
+    from llm_lib.train import save_stage_artifact
 
     out = Path(out)
     seed = recipe["seed"]
@@ -253,10 +250,7 @@ def build_dpo_model(out, recipe, tok, sft_model, reward_model, train_pairs, test
         result = compare_policies(policy, ref, reward_model, tok, test_tasks, recipe["max_new_tokens"])
     finally:
         torch.set_num_threads(threads)
-    save_model(policy, out / "model.safetensors")
-    atomic_write(out / "config.json", json.dumps(asdict(policy.config), indent=2) + "\n")
-    atomic_write(out / "history.json", json.dumps(history) + "\n")
-    atomic_write(out / "eval.json", json.dumps(result, indent=1) + "\n")
+    save_stage_artifact(out, policy, history, result)
     r4 = lambda xs: [round(x, 4) for x in xs]
     return {"steps": recipe["dpo"]["steps"], "train_pairs": len(train_pairs), "test_prompts": len(test_tasks),
             **{k: round(v, 4) for k, v in result.items() if isinstance(v, float)},

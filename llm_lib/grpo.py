@@ -432,14 +432,12 @@ def build_grpo_model(out, recipe, tok, sft_model):
     eval.json (held-out replies before/after), grpo.png; returns stats for the manifest, with the
     per-step reward and accuracy.
     """
-    import json
     import time
     from dataclasses import asdict
     from pathlib import Path
 
-    from llm_lib.data import atomic_write
     from llm_lib.sft import make_tasks
-    from llm_lib.train import save_model
+    from llm_lib.train import save_stage_artifact
 
     out = Path(out)
     t = recipe["tasks"]
@@ -477,11 +475,8 @@ def build_grpo_model(out, recipe, tok, sft_model):
     finally:
         torch.set_num_threads(threads)
 
-    save_model(model, out / "model.safetensors")
-    atomic_write(out / "config.json", json.dumps(asdict(model.config), indent=2) + "\n")
-    atomic_write(out / "history.json", json.dumps(history) + "\n")
-    atomic_write(out / "eval.json", json.dumps({
-        "tasks": [asdict(task) for task in test_tasks], "sft": replies_before, "grpo": replies_after}, indent=1) + "\n")
+    save_stage_artifact(out, model, history, {
+        "tasks": [asdict(task) for task in test_tasks], "sft": replies_before, "grpo": replies_after})
     plot_history(history, out / "grpo.png")
     return {"train_tasks": len(train_tasks), "train_prompts": len(seen_tasks), "test_tasks": len(test_tasks),
             "kinds": list(kinds),

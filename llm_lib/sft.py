@@ -423,8 +423,7 @@ def build_sft_model(out, recipe, tok, base_model):
     """
     import copy
 
-    from llm_lib.data import atomic_write
-    from llm_lib.train import save_model
+    from llm_lib.train import save_stage_artifact
 
     out = Path(out)
     data, train_cfg, ev = recipe["data"], recipe["train"], recipe["eval"]
@@ -452,12 +451,8 @@ def build_sft_model(out, recipe, tok, base_model):
     finally:
         torch.set_num_threads(threads)
 
-    save_model(model, out / "model.safetensors")
-    atomic_write(out / "config.json", json.dumps(asdict(model.config), indent=2) + "\n")
-    atomic_write(out / "history.json", json.dumps(history) + "\n")
-    atomic_write(out / "eval.json", json.dumps({
-        "tasks": [asdict(t) for t in test_tasks], "chat_prompts": test_chats,
-        "base": before, "sft": after}, indent=1) + "\n")
+    save_stage_artifact(out, model, history, {
+        "tasks": [asdict(t) for t in test_tasks], "chat_prompts": test_chats, "base": before, "sft": after})
     summary = {k: {m: round(v, 4) for m, v in r.items() if isinstance(v, float)}
                | {"accuracy_by_kind": {k2: round(v2, 4) for k2, v2 in r["accuracy_by_kind"].items()}}
                for k, r in (("base", before), ("sft", after))}

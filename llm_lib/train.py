@@ -193,6 +193,18 @@ def save_model(model, path):
     atomic_write(path, safetensors_bytes(tensors, metadata={"format": "pt"}))
 
 
+def save_stage_artifact(out, model, history, evaluation) -> None:
+    """A trained post-training stage into its artifact folder: weights, config, history, evaluation.
+
+    >>> save_stage_artifact(out, policy, history, {"win_rate": 0.6})  # model.safetensors, config.json, ...
+    """
+    out = Path(out)
+    save_model(model, out / "model.safetensors")
+    atomic_write(out / "config.json", json.dumps(asdict(model.config), indent=2) + "\n")
+    atomic_write(out / "history.json", json.dumps(history) + "\n")
+    atomic_write(out / "eval.json", json.dumps(evaluation, indent=1) + "\n")
+
+
 def load_model(model, path):
     """Load weights written by save_model into `model` (same config); returns the model."""
     with safe_open(str(path), framework="pt") as f:

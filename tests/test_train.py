@@ -298,3 +298,19 @@ def test_get_batch_refuses_arrays_that_are_not_1d_integer_ids():
         get_batch(np.zeros((100, 2), dtype=np.int64), 2, 4)
     with pytest.raises(ValueError, match="1-D array of integer token ids"):
         get_batch(np.linspace(0, 5, 100), 2, 4)
+
+
+def test_save_stage_artifact_writes_a_loadable_model_and_its_records(tmp_path):
+    from llm_lib.train import save_stage_artifact
+
+    config = GPTConfig(vocab_size=32, context_length=8, n_layer=1, n_head=2, d_model=16)
+    model = GPT(config)
+    save_stage_artifact(tmp_path, model, {"loss": [2.0, 1.5]}, {"accuracy": 0.25})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "eval.json", "history.json",
+                                                         "model.safetensors"]
+    again = load_model(GPT(GPTConfig(**json.loads((tmp_path / "config.json").read_text()))),
+                       tmp_path / "model.safetensors")
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert json.loads((tmp_path / "history.json").read_text()) == {"loss": [2.0, 1.5]}
+    assert json.loads((tmp_path / "eval.json").read_text()) == {"accuracy": 0.25}
