@@ -20,8 +20,6 @@ Shapes: B batch (examples), T positions, V vocabulary.
 """
 from __future__ import annotations
 
-import json
-import math
 import os
 import random
 import re
