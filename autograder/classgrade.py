@@ -47,7 +47,7 @@ from .sandbox import SandboxSettings, probe
 
 GRADER_VERSION = "2"  # part of every digest: bump it when grading itself changes
 MAX_ZIP_BYTES = 2 * 1024**3  # refuse a zip that unpacks to more than this
-SANDBOX_UID_BASE = 61000  # kernels run as uid SANDBOX_UID_BASE + worker slot (when run as root)
+SANDBOX_UID_BASE = 61000  # each worker's kernels run as the first free uid from here (when run as root)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,14 +127,14 @@ _WORKER: dict = {}
 
 
 def _init_worker(chapter: str, root: str, settings: dict, slots, out: str) -> None:
-    from .sandbox import cleanup, die_with_parent, install
+    from .sandbox import claim_uid, cleanup, die_with_parent, install
 
     die_with_parent()  # the parent killed -> this worker goes too (and its kernels after it)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's business
     slot = slots.get()
     s = SandboxSettings(**settings)
-    if s.uid is not None:
-        s.uid += slot
+    if s.uid is not None:  # a uid no other worker, here or in another grading run, holds
+        s.uid, _WORKER["uid_lock"] = claim_uid(s.uid)
     s.base = tempfile.mkdtemp(prefix=f"autograder-sandbox-{slot}-")
     install(s)
     cleanup(s)  # a previous run killed with SIGKILL may have left processes of this uid

@@ -135,6 +135,26 @@ class SandboxKernelManager(AsyncKernelManager):
         return [sys.executable, "-m", "autograder.sandbox", json.dumps(asdict(self.sandbox)), "--", *cmd]
 
 
+UID_SPAN = 1000  # how many uids above the base a grading run may claim
+
+
+def claim_uid(base: int) -> tuple[int, int]:
+    """(uid, fd): the first uid >= `base` no other grader on this machine holds, locked for as long
+    as `fd` stays open (this process's life). Two class runs at once (two instructors, or two test
+    workers) must never share a uid: cleaning up one uid kills every process of it."""
+    import fcntl
+
+    folder = "/run/lock" if os.access("/run/lock", os.W_OK) else tempfile.gettempdir()
+    for uid in range(base, base + UID_SPAN):
+        fd = os.open(os.path.join(folder, f"autograder-uid-{uid}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return uid, fd
+        except BlockingIOError:
+            os.close(fd)
+    raise RuntimeError(f"all sandbox uids {base}..{base + UID_SPAN - 1} are in use by other grading runs; wait for one to end")
+
+
 def kill_uid(uid: int) -> None:
     """SIGKILL every process of `uid` (a fork bomb's children included), from a helper process."""
     pid = os.fork()
@@ -163,9 +183,12 @@ def probe(settings: SandboxSettings, timeout: int = 120) -> str:
     from dataclasses import replace
 
     base, cwd = tempfile.mkdtemp(prefix="autograder-probe-"), tempfile.mkdtemp(prefix="autograder-probe-cwd-")
+    lock = None
     try:
         os.chmod(base, 0o711)
         trial = replace(settings, base=base)
+        if settings.isolated:
+            trial.uid, lock = claim_uid(settings.uid)
         trial.workdir = str(new_workdir(trial))
         command = [sys.executable, "-c", "import autograder.checks, llm_lib"]
         run = subprocess.run(
@@ -176,8 +199,9 @@ def probe(settings: SandboxSettings, timeout: int = 120) -> str:
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     finally:
-        if settings.isolated:
-            kill_uid(settings.uid)
+        if lock is not None:
+            kill_uid(trial.uid)
+            os.close(lock)
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(cwd, ignore_errors=True)
 

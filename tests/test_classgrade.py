@@ -239,6 +239,22 @@ def test_unpack_zip_refuses_unsafe_paths(tmp_path):
         unpack_zip(archive, tmp_path / "x")
 
 
+def test_concurrent_graders_never_share_a_sandbox_uid():
+    """Cleaning up a uid kills all its processes: a second grading run (another instructor, another
+    test worker) must get other uids than the workers of the first, and a freed uid is reusable."""
+    from autograder.sandbox import claim_uid
+
+    base = 64000 + os.getpid() % 500  # away from the real runs' range
+    uid, fd = claim_uid(base)
+    other = subprocess.run([sys.executable, "-c", f"from autograder.sandbox import claim_uid; print(claim_uid({base})[0])"],
+                           cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert uid == base and int(other.stdout) == base + 1  # the first is held by this process
+    os.close(fd)
+    again, fd = claim_uid(base)
+    os.close(fd)
+    assert again == base
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_without_losing_grades(course, tmp_path):
     subs = tmp_path / "subs"
