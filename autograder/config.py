@@ -63,6 +63,7 @@ def nbgrader_config(course_dir: Path, *, cell_timeout: int = CELL_TIMEOUT) -> Co
 
     c.GenerateAssignment.create_assignment = True
     c.Autograde.create_student = True
+    c.OverwriteCells.add_missing_cells = True  # a deleted test cell comes back and runs
 
     # Grading: a cell that runs too long is interrupted and scores zero; the run goes on.
     c.Execute.timeout = cell_timeout

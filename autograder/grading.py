@@ -1,12 +1,11 @@
-"""`python -m autograder grade`: grade a folder of student notebooks with real nbgrader.
+"""Grading one notebook with real nbgrader (a class: `autograder.classgrade.grade_class`).
 
-    grade("02-tokenization", "submissions/", out="grades/")   # -> grades.csv, gradebook.db, autograded/
     grade_notebook("02-tokenization", "alice.ipynb")          # -> {"scores": {...}, "total": 7.0, ...}
 
 One `Grader` per chapter owns a temporary nbgrader course (solutions/ as source, a gradebook
 holding the checksums and hidden tests); `Grader.grade_submission` grades ONE notebook and never
 raises for a bad submission: it returns a `GradeResult` whose `reason` says why it scored zero.
-That function is the unit a parallel, sandboxed grader can distribute.
+That function is the unit the parallel, sandboxed class grader (`classgrade`) distributes.
 """
 
 from __future__ import annotations
@@ -14,16 +13,14 @@ from __future__ import annotations
 import csv
 import io
 import re
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import nbformat
 
 from .config import CELL_TIMEOUT, REPO_ROOT, SOLUTIONS, STUDENT_ID
 from .course import TempCourse
-from .fsutil import atomic_copy_file, atomic_write_bytes, is_ignored, replace_dir, sibling_tempdir
+from .fsutil import is_ignored
 from .notebook import GradedCell, describe_cell, graded_cells, nbgrader_meta, read_notebook
 from .releasing import check_solution_notebooks, resolve_chapters
 
@@ -134,7 +131,8 @@ class Grader:
             nb = nbformat.reads(text, as_version=4)
         except Exception as exc:  # JSON syntax or not a notebook at all
             return f"not a valid notebook ({type(exc).__name__}: {_first_line(exc)})", ""
-        present = {nbgrader_meta(c).get("grade_id") for c in nb.get("cells", [])}
+        metas = {nbgrader_meta(c).get("grade_id"): nbgrader_meta(c) for c in nb.get("cells", [])}
+        present = set(metas)
         expected = [c.grade_id for c in self.cells]
         if expected and not present.intersection(expected):
             return (
@@ -142,8 +140,15 @@ class Grader:
                 f"(expected e.g. {expected[0]!r}); was the right file submitted?",
                 "",
             )
+        ungraded = [g for g in expected if g in metas and not metas[g].get("grade")]
+        if ungraded:  # nbgrader refuses the notebook ("Inconsistent checksums"): say what happened
+            return (
+                f"the nbgrader metadata of graded cell(s) {', '.join(ungraded)} was edited (no longer marked "
+                "graded); the notebook cannot be autograded: restore the cell(s) from the release and resubmit",
+                "",
+            )
         missing = [g for g in expected if g not in present]
-        note = f"graded cells missing from the submission (scored 0): {', '.join(missing)}" if missing else ""
+        note = f"graded cells missing from the submission were re-added from the release: {', '.join(missing)}" if missing else ""
         return None, note
 
     def grade_submission(self, student_id: str, path: Path) -> GradeResult:
@@ -282,58 +287,3 @@ def default_out_dir(submissions: Path) -> Path:
     """Where results go when --out is not given: a sibling of the submissions folder."""
     submissions = Path(submissions).resolve()
     return submissions.parent / f"{submissions.name}-graded"
-
-
-def grade(
-    chapter: str,
-    submissions: Path | str,
-    out: Path | str | None = None,
-    root: Path | None = None,
-    *,
-    cell_timeout: int = CELL_TIMEOUT,
-    log: Callable[[str], None] = print,
-) -> list[GradeResult]:
-    """Grade every submission in `submissions`; write `out/grades.csv`, `out/gradebook.db` and
-    `out/autograded/<student_id>/<chapter>/<chapter>.ipynb`. The submissions are never modified.
-    One broken notebook yields a zero row with a reason and does not affect the others."""
-    root = Path(root or REPO_ROOT).resolve()
-    (chapter,) = resolve_chapters(root, [chapter])
-    submissions = Path(submissions).resolve()
-    if not submissions.is_dir():
-        raise ValueError(f"{submissions} is not a folder of submissions")
-    out = Path(out).resolve() if out else default_out_dir(submissions)
-    if out == submissions or submissions in out.parents:
-        raise ValueError(f"--out {out} is inside the submissions folder; choose a folder outside it")
-
-    for entry in sorted(submissions.iterdir()):
-        if entry.is_file() and entry.suffix != ".ipynb" and not entry.name.startswith("."):
-            log(f"ignored {entry.name}: not a notebook (expected <student_id>_anything.ipynb or a folder per student)")
-
-    results: list[GradeResult] = []
-    with Grader(chapter, root, cell_timeout=cell_timeout) as grader:
-        for sub in find_submissions(submissions, chapter):
-            if sub.path is None:
-                result = grader.zero_result(sub.student_id, sub.problem)
-            else:
-                try:
-                    result = grader.grade_submission(sub.student_id, sub.path)
-                except Exception as exc:  # a bug of ours or nbgrader's: record it, go on with the class
-                    result = grader.zero_result(sub.student_id, f"grading failed: {type(exc).__name__}: {_first_line(exc)}")
-            results.append(result)
-            status = f"{_fmt(result.total)}/{_fmt(result.max_total)}"
-            log(f"{sub.student_id:>20}  {status:>9}  {result.reason}".rstrip())
-
-        # Publish: the executed notebooks, the gradebook, then grades.csv (each replaced atomically).
-        out.mkdir(parents=True, exist_ok=True)
-        staging = sibling_tempdir(out / "autograded", "new")
-        try:
-            if grader.autograded_root.exists():
-                shutil.copytree(grader.autograded_root, staging, dirs_exist_ok=True)
-            replace_dir(staging, out / "autograded")
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-        atomic_copy_file(grader.db_path, out / "gradebook.db")
-        atomic_write_bytes(out / "grades.csv", grades_csv(results, grader.cells))
-    log(f"wrote {out / 'grades.csv'} ({len(results)} student(s)), {out / 'gradebook.db'}, {out / 'autograded'}/")
-    return results

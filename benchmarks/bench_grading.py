@@ -3,7 +3,7 @@
     python benchmarks/bench_grading.py [--chapter 02-tokenization] [-n 6]
 
 N copies of the chapter's solution notebook are graded four ways, in one run:
-  serial     `autograder.grading.grade`: plain `nbgrader autograde`, one submission after another
+  serial     `autograder.grading.Grader`: plain `nbgrader autograde`, one submission after another
   w1-open    `grade_class --workers 1`, kernels NOT isolated (no uid switch, no namespaces)
   w1-sandbox `grade_class --workers 1`, kernels isolated (needs root; else same as w1-open)
   w2-sandbox `grade_class --workers 2`, kernels isolated
@@ -27,7 +27,13 @@ from _results import write_section  # noqa: E402
 
 from autograder.classgrade import default_sandbox, grade_class  # noqa: E402
 from autograder.config import CELL_TIMEOUT, REPO_ROOT  # noqa: E402
-from autograder.grading import grade  # noqa: E402
+from autograder.grading import Grader, find_submissions  # noqa: E402
+
+
+def serial(chapter: str, subs: Path) -> list:
+    """Plain nbgrader: one course, `nbgrader autograde` for one student after another, in-process."""
+    with Grader(chapter, REPO_ROOT) as grader:
+        return [grader.grade_submission(sub.student_id, sub.path) for sub in find_submissions(subs, chapter)]
 
 
 def main() -> None:
@@ -45,7 +51,7 @@ def main() -> None:
         quiet = dict(log=lambda _: None)
         isolated = default_sandbox(REPO_ROOT, [subs, work], CELL_TIMEOUT)
         runs = {
-            "serial nbgrader autograde (no sandbox)": lambda out: grade(args.chapter, subs, out, **quiet),
+            "serial nbgrader autograde (no sandbox)": lambda out: serial(args.chapter, subs),
             "grade --workers 1, not isolated": lambda out: grade_class(
                 args.chapter, subs, out, workers=1, sandbox=replace(isolated, uid=None), progress=False, **quiet),
             "grade --workers 1, sandboxed": lambda out: grade_class(

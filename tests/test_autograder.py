@@ -25,7 +25,8 @@ from autograder.__main__ import main
 from autograder.audit import check_grading, check_no_leaks, check_up_to_date, chapter_secrets
 from autograder.checks import check_close, check_equal, check_raises, forbid_calls_into
 from autograder.config import ALL_MARKERS, REPO_ROOT, SKIP_EXECUTION
-from autograder.grading import grade, grade_notebook
+from autograder.classgrade import grade_class
+from autograder.grading import grade_notebook
 from autograder.releasing import ReleaseError, list_chapters, release
 
 CHAPTER = "00-demo"
@@ -333,7 +334,7 @@ def graded_class(course, tmp_path_factory):
     nbformat.write(new_notebook(cells=[new_code_cell("1 + 1")]), subs / "fay_other.ipynb")
     before = tree_bytes(subs)
     out = tmp_path_factory.mktemp("graded") / "out"
-    results = grade(CHAPTER, subs, out, root=course, log=lambda _: None)
+    results = grade_class(CHAPTER, subs, out, root=course, workers=2, log=lambda _: None, progress=False)
     return {"results": {r.student_id: r for r in results}, "out": out, "subs": subs, "before": before}
 
 

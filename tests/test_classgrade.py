@@ -110,6 +110,31 @@ checks.check_raises = lambda *args, **kwargs: None
 check_equal, check_close, check_raises = checks.check_equal, checks.check_close, checks.check_raises
 '''
 
+BUILTINS = """
+import builtins
+builtins.isinstance = lambda *args: True
+builtins.AssertionError = type("Quiet", (Exception,), {})
+"""
+
+TESTING = """
+import numpy.testing, torch.testing
+numpy.testing.assert_allclose = lambda *args, **kwargs: None
+torch.testing.assert_close = lambda *args, **kwargs: None
+"""
+
+
+def edit_cell(nb, grade_id: str, change):
+    """A copy of `nb` after `change(nb, index)` on the cell with this grade id."""
+    nb = nbformat.from_dict(json.loads(json.dumps(nb)))
+    change(nb, next(i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id))
+    return nb
+
+
+def retype(nb, i: int) -> None:
+    cell = nb.cells[i]
+    nb.cells[i] = nbformat.v4.new_markdown_cell(cell.source, id=cell.id, metadata=cell.metadata)
+
+
 JUNK_ANSWERS = {"count_pairs": "def count_pairs(ids):\n    return {}", "mean": "def mean(xs):\n    return 0.0"}
 
 
@@ -121,6 +146,7 @@ def hostile(course, tmp_path_factory):
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     sol, rel = solution(course), released_nb(course)
+    junk = fill(fill(rel, "count_pairs", JUNK_ANSWERS["count_pairs"]), "mean", JUNK_ANSWERS["mean"])
     targets = {
         "solutions": str(course / "solutions" / CHAPTER / f"{CHAPTER}.ipynb"),
         "gradebook": str(out / "gradebook.db"),
@@ -136,10 +162,16 @@ def hostile(course, tmp_path_factory):
         "osexit": with_cell(sol, "import os\nos._exit(1)", after="ex1-tests"),
         "segv": with_cell(sol, "import ctypes\nctypes.string_at(0)", after="ex1-tests"),
         "output": with_cell(sol, "for _ in range(40):\n    print('x' * 1_000_000)"),
-        "tamper": with_cell(fill(fill(rel, "count_pairs", JUNK_ANSWERS["count_pairs"]), "mean", JUNK_ANSWERS["mean"]), TAMPER),
+        "tamper": with_cell(junk, TAMPER),
         "delegate": fill(sol, "mean", "mean = statistics.fmean"),  # calls the reference: caught by the hidden test
         "other": nbformat.v4.new_notebook(cells=[new_code_cell("1 + 1")]),  # another chapter's notebook
-        "edited": fill(fill(fill(rel, "count_pairs", JUNK_ANSWERS["count_pairs"]), "mean", JUNK_ANSWERS["mean"]), "count_pairs_tests", "pass"),
+        "edited": fill(junk, "count_pairs_tests", "pass"),
+        "deleted": edit_cell(sol, "mean_tests", lambda nb, i: nb.cells.pop(i)),  # nbgrader re-adds it: full marks
+        "retyped": edit_cell(sol, "count_pairs_tests", retype),  # turned into markdown: restored and run
+        "points": edit_cell(sol, "mean_tests", lambda nb, i: nb.cells[i].metadata.nbgrader.update(points=100)),
+        "ungraded": edit_cell(junk, "mean_tests", lambda nb, i: nb.cells[i].metadata.nbgrader.update(grade=False, locked=False)),
+        "builtins": with_cell(junk, BUILTINS),
+        "testing": with_cell(junk, TESTING),
     }
     for student, nb in class_.items():
         nbformat.write(nb, subs / f"{student}_{CHAPTER}.ipynb")
@@ -162,8 +194,9 @@ def outputs(hostile, student: str) -> str:
 @pytest.mark.slow
 def test_honest_and_harmless_submissions_keep_full_marks(hostile):
     r = hostile["results"]
-    for student in ("ada", "loop", "forkbomb", "memhog", "snoop", "sysexit", "output", "dupids"):
-        assert r[student].total == 5, (student, r[student].reason, r[student].errors)
+    for student in ("ada", "loop", "forkbomb", "memhog", "snoop", "sysexit", "output", "dupids", "deleted", "retyped", "points"):
+        assert r[student].total == 5 and r[student].max_total == 5, (student, r[student].reason, r[student].errors)
+    assert "re-added from the release: mean_tests" in r["deleted"].reason
 
 
 @pytest.mark.slow
@@ -177,7 +210,9 @@ def test_a_dead_kernel_keeps_the_points_earned_before(hostile):
 @pytest.mark.slow
 def test_cheats_and_broken_notebooks_score_zero_with_a_reason(hostile):
     r = hostile["results"]
-    assert r["tamper"].total == 0 and "tampering detected" in r["tamper"].reason
+    for student in ("tamper", "builtins", "testing"):  # monkeypatched checks, builtins, numpy/torch testing
+        assert r[student].total == 0 and "tampering detected" in r[student].reason, (student, r[student].reason)
+    assert r["ungraded"].total == 0 and "metadata of graded cell(s) mean_tests was edited" in r["ungraded"].reason
     assert r["edited"].total == 0  # the test cell was restored from the gradebook
     assert r["badjson"].total == 0 and "not a valid notebook" in r["badjson"].reason
     assert r["other"].total == 0 and "wrong notebook" in r["other"].reason
