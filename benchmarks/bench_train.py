@@ -8,11 +8,14 @@ Peer:  a minimal nanoGPT-style loop written below: nn.Embedding, pre-norm blocks
        F.scaled_dot_product_attention(is_causal=True), tied head, torch.optim.AdamW, the same clip,
        the same batch size and context, the same kind of random-window batches.
 Both train the base model's config (llm_lib.pipeline.RECIPES["base"]["model"]) on random token ids
-(speed does not depend on the data). tokens/s = STEPS · B · T / wall time of STEPS steps.
+(speed does not depend on the data). tokens/s = STEPS · B · T / wall time of STEPS steps; the
+CPU time of this process per step (time.process_time) is reported beside it, since on a shared machine
+other processes inflate wall time but not our own CPU seconds.
 MFU = flops_per_token(config, training=True) · tokens/s / peak, where peak is the FLOP/s of a
 large float32 matmul measured in this run with the same number of threads.
 Goal: course / plain tokens/s >= 1.0x.
 """
+import io
 import math
 import sys
 import time
@@ -31,8 +34,8 @@ from llm_lib.pipeline import RECIPES  # noqa: E402
 from llm_lib.train import TrainConfig, train  # noqa: E402
 
 THREADS = 2
-STEPS = 8           # optimizer steps per timed run
-REPS = 3            # interleaved runs of each; the fastest counts (other processes only add time)
+STEPS = 16          # optimizer steps per timed run
+REPS = 5            # interleaved runs of each; the fastest counts (other processes only add time)
 WARMUP_STEPS = 2
 N_DATA = 200_000    # random token ids to draw windows from
 MATMUL_N = 2048     # peak: (N, N) @ (N, N) float32
@@ -143,13 +146,14 @@ def main():
     run_ours(WARMUP_STEPS + 2, 0)  # warm-up: allocations, optimizer state, kernel selection
     run_plain(WARMUP_STEPS + 2, 0)
     peaks = [matmul_peak()]
-    times = {"ours": [], "plain": []}
+    times, cpu = {"ours": [], "plain": []}, {"ours": [], "plain": []}
     for r in range(REPS):
         order = [("ours", run_ours), ("plain", run_plain)]
         for name, fn in (order if r % 2 == 0 else order[::-1]):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn(STEPS, r + 1)
             times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
         peaks.append(matmul_peak())
     peak = max(peaks)
 
@@ -160,6 +164,7 @@ def main():
         tps = tokens / min(times[name])
         rows[name] = (tps, fpt * tps / peak)
     ratio = rows["ours"][0] / rows["plain"][0]
+    cpu_ratio = min(cpu["plain"]) / min(cpu["ours"])
     lines = ["## train: training throughput and MFU (float32, CPU)", "",
              f"`python benchmarks/bench_train.py`, torch {torch.__version__}, torch.set_num_threads({THREADS}). "
              f"Base model config ({n_ours / 1e6:.2f}M parameters: {config.n_layer} layers, d_model={config.d_model}, "
@@ -168,20 +173,79 @@ def main():
              f"MFU = flops_per_token(config, training=True) = {fpt / 1e6:.1f} MFLOP/token × tokens/s, divided by "
              f"the peak measured in the same run: the fastest {MATMUL_N}×{MATMUL_N} float32 matmul, "
              f"{peak / 1e9:.1f} GFLOP/s. Goal: course / plain ≥ 1.0x.", "",
-             "| trainer | tokens/s | MFU | ms / step |",
-             "|---|---:|---:|---:|",
+             "| trainer | tokens/s | MFU | ms / step (wall) | CPU ms / step |",
+             "|---|---:|---:|---:|---:|",
              f"| course: `llm_lib.train.train` (llm_lib GPT + llm_lib AdamW, lr schedule, clip, logging) | "
-             f"{rows['ours'][0]:,.0f} | {rows['ours'][1]:.1%} | {min(times['ours']) / STEPS * 1e3:.0f} |",
+             f"{rows['ours'][0]:,.0f} | {rows['ours'][1]:.1%} | {min(times['ours']) / STEPS * 1e3:.0f} | "
+             f"{min(cpu['ours']) / STEPS * 1e3:.0f} |",
              f"| plain PyTorch loop (nanoGPT-style, `torch.optim.AdamW`, clip) | "
-             f"{rows['plain'][0]:,.0f} | {rows['plain'][1]:.1%} | {min(times['plain']) / STEPS * 1e3:.0f} |",
+             f"{rows['plain'][0]:,.0f} | {rows['plain'][1]:.1%} | {min(times['plain']) / STEPS * 1e3:.0f} | "
+             f"{min(cpu['plain']) / STEPS * 1e3:.0f} |",
              "",
-             f"Course / plain throughput: **{ratio:.2f}x** ({'PASS' if ratio >= 1.0 else 'MISS'}: goal ≥ 1.0x). "
+             f"Course / plain throughput: **{ratio:.2f}x** ({'PASS' if ratio >= 1.0 else 'MISS'}: goal ≥ 1.0x); "
+             f"by CPU time per step {cpu_ratio:.2f}x. "
              f"Run-to-run spread (slowest / fastest run): course {max(times['ours']) / min(times['ours']):.2f}, "
              f"plain {max(times['plain']) / min(times['plain']):.2f}; matmul peak spread "
              f"{max(peaks) / min(peaks):.2f} on this shared machine."]
     markdown = "\n".join(lines)
     print(f"\n({time.perf_counter() - start_all:.0f} s)")
     write_section("train", markdown)
+    track_base_quality()
+
+
+HISTORY = Path(__file__).with_name("base_quality.csv")
+FIELDS = ["date", "commit", "recipe", "params", "tokens_seen", "val_bits_per_byte", "val_loss", "wall_minutes",
+          "cpu_minutes"]
+
+
+def track_base_quality():
+    """One row per base-model recipe the project has shipped: held-out bits per byte against the
+    minutes it cost to train (CPU minutes when the manifest has them, wall otherwise)."""
+    import csv
+    import hashlib
+    import json
+    import subprocess
+    from datetime import date
+
+    from llm_lib.data import atomic_write
+    from llm_lib.pipeline import artifact_dir, is_current
+
+    if not is_current("base"):
+        print("no current base model in the cache (python -m llm_lib.pipeline base): quality not tracked")
+        return
+    manifest = json.loads((artifact_dir("base") / "manifest.json").read_text())
+    stats = manifest["stats"]
+    recipe = hashlib.sha256(json.dumps(manifest["recipe"], sort_keys=True).encode()).hexdigest()[:12]
+    rows = list(csv.DictReader(HISTORY.open())) if HISTORY.exists() else []
+    if recipe not in {r["recipe"] for r in rows}:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent).stdout.strip()
+        cpu = manifest.get("cpu_seconds")
+        rows.append({"date": date.today().isoformat(), "commit": commit or "?", "recipe": recipe,
+                     "params": stats["params"], "tokens_seen": stats["tokens_seen"],
+                     "val_bits_per_byte": stats["val_bits_per_byte"], "val_loss": stats["val_loss"],
+                     "wall_minutes": round(manifest["seconds"] / 60, 1),
+                     "cpu_minutes": "" if cpu is None else round(cpu / 60, 1)})
+        out = io.StringIO()
+        writer = csv.DictWriter(out, FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(HISTORY, out.getvalue())
+    table = "\n".join(f"| {r['date']} | {r['commit']} | `{r['recipe']}` | {int(r['params']) / 1e6:.2f}M | "
+                      f"{int(r['tokens_seen']) / 1e6:.2f}M | {float(r['val_bits_per_byte']):.3f} | "
+                      f"{r['cpu_minutes'] or '—'} | {r['wall_minutes']} |" for r in rows)
+    write_section("base-quality", f"""## Course base model: quality per CPU-minute, release to release
+
+`python benchmarks/bench_train.py` adds a row to `benchmarks/base_quality.csv` whenever the base
+recipe (`llm_lib.pipeline.RECIPES["base"]`) changes: held-out bits per byte (Macbeth and Twelfth Night,
+lower is better) against what the model cost to train, read from the cached artifact's manifest. A
+recipe change should buy lower bits per byte or the same for fewer minutes. Wall minutes depend on
+what else ran on the machine; CPU minutes (all threads of the training process) do much less.
+
+| date | commit | recipe | parameters | tokens seen | held-out bits/byte | CPU minutes | wall minutes |
+|---|---|---|---:|---:|---:|---:|---:|
+{table}
+""")
 
 
 if __name__ == "__main__":

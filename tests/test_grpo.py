@@ -265,7 +265,7 @@ def test_train_grpo_raises_a_checkable_reward_and_is_deterministic():
                               epochs_per_batch=2, eval_every=0, seed=1)
         return grpo.train_grpo(model, tok, tasks, cfg, check=check, progress=False), model
 
-    history, model = run(30)
+    history, model = run(50)  # the rule is met ~20% of the time at first, ~100% by step 40
     first, last = sum(history["accuracy"][:8]) / 8, sum(history["accuracy"][-5:]) / 5
     assert last > first + 0.2, (first, last)
     assert all(k >= 0 for k in history["kl"])

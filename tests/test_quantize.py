@@ -1,6 +1,8 @@
 """llm_lib.quantize against the real references: the gguf package (llama.cpp's Python library) for
 Q8_0 / Q4_0 bytes and every dequantization, ggml's C quantizer (recorded blocks) for Q4_K, and
 gguf.GGUFReader for exported files."""
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -367,3 +369,35 @@ def test_quantization_stats_and_static_snapshot():
         viz.quantization_explorer(w, block="blocks of 7")
     with pytest.raises(TypeError):
         viz.quantization_explorer(torch.randn(5))
+
+
+# --- llama.cpp itself runs what export_gguf writes ---------------------------------------------
+
+LLAMA_SIMPLE = os.environ.get("LLAMA_SIMPLE") or shutil.which("llama-simple")
+
+
+@pytest.mark.skipif(not LLAMA_SIMPLE, reason="llama.cpp's llama-simple is not installed (chapter 14, section 7, "
+                                             "says how to build it; then set LLAMA_SIMPLE=/path/to/llama-simple)")
+@pytest.mark.parametrize("qtype", ["F32", "Q8_0", "Q4_0", "Q4_K"])
+def test_llama_cpp_generates_what_our_quantized_model_generates(qtype, tmp_path):
+    """llama.cpp loads the exported course model with its tokenizer and, decoding greedily, writes the
+    same continuation as our own copy of the model in the same format (quantize_model)."""
+    import subprocess
+
+    from llm_lib import pipeline
+    from llm_lib.sampling import generate
+
+    model, tok = pipeline.load("base"), pipeline.load("tokenizer")
+    path = Q.export_gguf(model, tmp_path / f"course-{qtype}.gguf", qtype, tokenizer=tok)
+    prompt, n = "<|endoftext|>I will ", 20  # greedy decoding of this tiny model soon repeats line breaks
+    run = subprocess.run([LLAMA_SIMPLE, "-m", str(path), "-n", str(n), prompt], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    ours_model = model if qtype == "F32" else Q.quantize_model(model, qtype)
+    ids = tok.encode(prompt)
+    ours = tok.decode(generate(ours_model, ids, n, temperature=0)[len(ids):])
+    assert run.stdout.startswith(prompt) and run.stdout.endswith("\n"), run.stdout  # prompt, new text, "\n"
+    theirs = run.stdout[len(prompt):-1]
+    # llama.cpp also rounds activations to 8 bits in its quantized matmuls: allow the tail to drift
+    agree = len(ours) if qtype == "F32" else len(ours) // 2
+    assert theirs[:agree] == ours[:agree], (theirs, ours)
