@@ -236,6 +236,7 @@ def default_sandbox(root: Path, extra_hidden: list[Path], cell_timeout: int) -> 
         hide=hidden,
         keep_readable=[os.path.realpath(p) for p in readable],
         python_path=list(dict.fromkeys([str(root), str(PACKAGE_ROOT)])),
+        course_home=os.path.realpath(home),  # else a kernel (HOME = its work dir) would retrain every artifact
     )
 
 
@@ -246,8 +247,10 @@ class ClassGradebook:
         from nbgrader.api import Gradebook, MissingEntry
         from traitlets.config import Config
 
-        from .course import TempCourse
+        from .course import TempCourse, _in_process_alembic_head, _venv_on_path
 
+        _venv_on_path()  # a new gradebook needs nbgrader's alembic, also when the venv is not activated
+        _in_process_alembic_head()
         self.db_url, self.chapter = db_url, chapter
         with Gradebook(db_url, COURSE_ID) as gb:
             try:

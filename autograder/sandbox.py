@@ -76,6 +76,7 @@ class SandboxSettings:
     hide: list[str] = field(default_factory=list)  # folders the kernel must not see
     keep_readable: list[str] = field(default_factory=list)  # folders inside the grader's home it needs
     python_path: list[str] = field(default_factory=list)  # PYTHONPATH of the kernel
+    course_home: str = ""  # the course cache (LLM_LIB_HOME) kernels read artifacts from, instead of their own HOME's
     base: str = ""  # where per-kernel work dirs are made (a folder only the grader can list)
     workdir: str = ""  # set per kernel by SandboxKernelManager
 
@@ -220,6 +221,7 @@ def _kernel_env(s: SandboxSettings, work: Path) -> dict[str, str]:
         USER=user,
         LOGNAME=user,
         PYTHONPATH=os.pathsep.join(s.python_path),
+        **({"LLM_LIB_HOME": s.course_home} if s.course_home else {}),
         MPLBACKEND="Agg",
         MPLCONFIGDIR=str(work / ".config" / "matplotlib"),
         IPYTHONDIR=str(work / ".ipython"),

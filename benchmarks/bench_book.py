@@ -111,14 +111,23 @@ def main() -> None:
     if not args.fresh_only and not (ROOT / "_build" / ".jupyter_cache").exists():
         sys.exit("No execution cache: run `make book` once first.")
 
-    rows = []
     if args.fresh:
         tmp = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix="bench-book-"))
         try:
-            rows.append(fresh_build(tmp))
+            row = fresh_build(tmp)
         finally:
             if not args.keep:
                 shutil.rmtree(tmp, ignore_errors=True)
+        write_section("book-fresh", f"""## Book build from nothing (`benchmarks/bench_book.py --fresh`)
+
+A copy of the repository with an empty `LLM_LIB_HOME` and no execution cache: assets fetched, every
+course artifact trained (the `pipeline` section has each stage), every chapter executed and rendered.
+
+| what | measured (artifacts + book) | goal | |
+|---|---|---|---|
+{row}
+""")
+    rows = []
     if args.fresh_only:
         return
     cached = build(ROOT)

@@ -87,9 +87,10 @@ own process.
 LoRA / full: step time {lora['step_s'] / full['step_s']:.2f}x, training state {lora['state_bytes'] / full['state_bytes']:.3f}x,
 peak RSS {lora['peak_rss_kib'] / full['peak_rss_kib']:.2f}x. At this size the frozen weights, the
 activations and torch itself dominate the process, so LoRA's saving shows in the training state
-(what grows with the model: 3 extra copies of every trained number) far more than in the total; the
-step is not faster because the backward pass still runs through every frozen layer to reach the
-adapters of the layers below.
+(what grows with the model: 3 extra copies of every trained number) far more than in the total. The
+step costs nearly as much as full fine-tuning: the backward pass still runs through every frozen layer
+to reach the adapters of the layers below; only the weight-gradient products and the optimizer update
+of the frozen matrices are saved.
 """)
 
 

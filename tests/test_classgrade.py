@@ -384,3 +384,15 @@ def test_grading_into_postgresql(course, tmp_path, postgres):
         assert gb.find_grade("count_pairs_tests", CHAPTER, CHAPTER, "bo").score == 2
         assert gb.find_grade("mean_tests", CHAPTER, CHAPTER, "ann").score == 3
         assert gb.find_submission(CHAPTER, "ann").score == 5
+
+
+@pytest.mark.slow
+def test_a_real_chapter_grades_full_marks_in_the_sandbox(tmp_path):
+    """A real chapter reads the course artifacts: its sandboxed kernel (HOME = a private work dir, no
+    network) must find them in the grader's course cache, not retrain or download them."""
+    chapter = "02-tokenization"
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    shutil.copy(REPO_ROOT / "solutions" / chapter / f"{chapter}.ipynb", subs / f"ann_{chapter}.ipynb")
+    (result,) = grade_class(chapter, subs, tmp_path / "out", workers=1, log=lambda _: None, progress=False)
+    assert result.total == result.max_total > 0, (result.reason, result.errors)
