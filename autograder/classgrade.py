@@ -45,7 +45,7 @@ from .notebook import graded_cells, read_notebook
 from .releasing import resolve_chapters
 from .sandbox import SandboxSettings, probe
 
-GRADER_VERSION = "2"  # part of every digest: bump it when grading itself changes
+GRADER_VERSION = "3"  # part of every digest: bump it when grading itself changes
 MAX_ZIP_BYTES = 2 * 1024**3  # refuse a zip that unpacks to more than this
 SANDBOX_UID_BASE = 61000  # each worker's kernels run as the first free uid from here (when run as root)
 
