@@ -6,6 +6,7 @@ the end; the untouched student notebook is validated too, and must fail with the
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -72,6 +73,18 @@ def answer_kernel_dialog(page) -> None:
         select.first.click()
 
 
+def kernel_idle(base: str, token: str) -> bool:
+    """True once the notebook's kernel session exists on the server and its kernel reports idle."""
+    with urllib.request.urlopen(f"{base}/api/sessions?token={token}", timeout=5) as reply:
+        sessions = json.load(reply)
+    return any(s.get("kernel", {}).get("execution_state") == "idle" for s in sessions)
+
+
+def run_all(page) -> None:
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+
+
 def validate(path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "nbgrader"), "validate", str(path)], capture_output=True, text=True,
                           cwd=path.parent, timeout=600)
@@ -92,8 +105,13 @@ def test_student_runs_a_chapter_in_jupyterlab_and_validates_it(lab):
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
 
         answer_kernel_dialog(page)
-        page.get_by_role("menuitem", name="Run", exact=True).click()
-        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+        deadline = time.monotonic() + 120
+        while not kernel_idle(base, token):  # the page can say idle before the server's kernel is up
+            assert time.monotonic() < deadline, "the notebook's kernel did not start in 120 s"
+            answer_kernel_dialog(page)
+            page.wait_for_timeout(1000)
+        run_all(page)
+        ran_at = time.monotonic()
         # Run All is done when every cell has run ("[n]"), or stops early when a cell fails. A fresh
         # JupyterLab may first ask which kernel to use: answer with the notebook's own.
         finished = """() => {
@@ -103,8 +121,12 @@ def test_student_runs_a_chapter_in_jupyterlab_and_validates_it(lab):
             return failed || (prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent)));
         }"""
         deadline = time.monotonic() + 840
+        untouched = "() => Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')).every(p => /\\[ \\]/.test(p.textContent))"
         while not page.evaluate(finished):
             answer_kernel_dialog(page)
+            if time.monotonic() - ran_at > 30 and page.evaluate(untouched) and kernel_idle(base, token):
+                run_all(page)  # a Run All sent while the kernel was still connecting runs nothing: send it again
+                ran_at = time.monotonic()
             if time.monotonic() > deadline:
                 prompts = page.eval_on_selector_all(".jp-CodeCell .jp-InputPrompt", "els => els.map(e => e.textContent)")
                 page.screenshot(path=str(SHOTS / "jupyterlab_timeout.png"))
