@@ -165,6 +165,17 @@ def _notebook_verdicts(executed: Path) -> tuple[str, list[str]]:
     return tampering, notes
 
 
+# A kernel that dies before answering its first message never ran student code: the grading machine
+# was short of something (processes or threads under a machine-wide cap, another student's fork bomb
+# holding them for a few seconds). Such a submission is tried again after these pauses (seconds).
+START_RETRY_PAUSES = (3, 10)
+_START_FAILURES = ("Kernel died before replying to kernel_info", "Kernel didn't respond in")
+
+
+def kernel_did_not_start(result: GradeResult) -> bool:
+    return result.autograded is None and any(m in (result.reason or "") for m in _START_FAILURES)
+
+
 def grade_in_worker(student_id: str, path: str | None, problem: str, digest: str) -> dict:
     """Grade one submission in this worker; never raises. Returns a record for results/<id>.json."""
     from .sandbox import cleanup
@@ -174,12 +185,20 @@ def grade_in_worker(student_id: str, path: str | None, problem: str, digest: str
     chapter = _WORKER["chapter"]
     course = grader.course
     start = time.monotonic()
-    feedback = None
+    feedback, tries = None, 0
     try:
         if path is None:
             result = grader.zero_result(student_id, problem)
         else:
-            result = grader.grade_submission(student_id, Path(path))
+            for pause in (*START_RETRY_PAUSES, None):
+                tries += 1
+                result = grader.grade_submission(student_id, Path(path))
+                if pause is None or not kernel_did_not_start(result):
+                    break
+                cleanup(_WORKER["settings"])  # the half-started kernel goes, then a fresh try
+                time.sleep(pause)
+            if kernel_did_not_start(result):
+                result.reason += f" (the kernel could not start in {tries} tries: a limit of the grading machine, not the student's code; run the same command again to regrade)"
             if result.autograded is not None and result.autograded.exists():
                 tampering, notes = _notebook_verdicts(result.autograded)
                 if tampering:
@@ -204,8 +223,9 @@ def grade_in_worker(student_id: str, path: str | None, problem: str, digest: str
     record = result.as_dict()
     record.update(
         autograded=None,
-        digest=digest,
+        digest="" if kernel_did_not_start(result) else digest,  # "": the next run grades it again
         feedback=feedback.name if feedback else None,
+        tries=tries,  # kernel starts needed (more than 1: the machine was short of processes)
         seconds=round(time.monotonic() - start, 2),
     )
     return record
@@ -418,7 +438,7 @@ def grade_class(
                         record = future.result()
                     except Exception as exc:  # a worker died: record it, the rest goes on
                         zero = _zero_result(cells, student_id, f"grading failed: worker died ({type(exc).__name__})")
-                        record = zero.as_dict() | {"digest": "", "feedback": None, "seconds": None}
+                        record = zero.as_dict() | {"digest": "", "feedback": None, "tries": None, "seconds": None}
                     result = _result_from_record(record)
                     gradebook.record(result, autograded_ids)  # only the parent writes grades
                     atomic_write_bytes(results_dir / f"{student_id}.json", json.dumps(record, indent=1).encode())

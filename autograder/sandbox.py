@@ -70,7 +70,7 @@ class SandboxSettings:
     cell_timeout: int = 120  # seconds per cell (enforced by nbclient, in the grader)
     notebook_timeout: int = 900  # wall-clock seconds for the whole kernel (enforced by the launcher)
     memory_mb: int = 4096  # RLIMIT_AS
-    max_processes: int = 256  # RLIMIT_NPROC, per uid (threads count); root only
+    max_processes: int = 128  # RLIMIT_NPROC, per uid (threads count; a chapter's kernel uses ~20); root only
     max_file_mb: int = 512  # RLIMIT_FSIZE and the size of the private /tmp
     max_output_mb: int = 8  # output kept per cell (enforced by the grader, see kernelguard)
     hide: list[str] = field(default_factory=list)  # folders the kernel must not see

@@ -290,6 +290,45 @@ def test_concurrent_graders_never_share_a_sandbox_uid():
     assert again == base
 
 
+START_FAILURE_SCRIPT = r"""
+import json, queue, subprocess, sys, threading
+from dataclasses import asdict, replace
+from pathlib import Path
+from autograder import classgrade as cg
+
+root, sub, out = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+s = replace(cg.default_sandbox(root, [Path(sub).parent, out], 20), max_processes=40)
+slots = queue.Queue()
+slots.put(0)
+cg._init_worker(sys.argv[4], str(root), asdict(s), slots, str(out))
+uid = cg._WORKER["settings"].uid
+# The worker's uid is at its process limit for 8 s (as when a machine-wide cap is reached):
+blockers = [subprocess.Popen(["sleep", "8"], user=uid, group=uid) for _ in range(40)]
+threading.Thread(target=lambda: [p.wait() for p in blockers], daemon=True).start()
+print(json.dumps(cg.grade_in_worker("ada", sub, "", "d1")))
+cg._WORKER["settings"].max_processes = 1  # now no kernel can ever start: every try fails
+print(json.dumps(cg.grade_in_worker("bob", sub, "", "d2")))
+"""
+
+
+@needs_root
+@pytest.mark.slow
+def test_a_kernel_that_cannot_start_is_tried_again_never_scored(course, tmp_path):
+    """A kernel that dies before running a line (the machine short of processes) is retried; if it
+    never starts, the submission's record is left for the next run to grade (no cached zero)."""
+    sub = tmp_path / "subs" / f"ada_{CHAPTER}.ipynb"
+    sub.parent.mkdir()
+    nbformat.write(solution(course), sub)
+    run = subprocess.run([sys.executable, "-c", START_FAILURE_SCRIPT, str(course), str(sub), str(tmp_path / "out"), CHAPTER],
+                         capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    retried, never = [json.loads(line) for line in run.stdout.strip().splitlines()[-2:]]
+    assert retried["tries"] >= 2 and retried["total"] == 5 and retried["reason"] == "", retried
+    assert retried["digest"] == "d1"
+    assert never["tries"] == 3 and never["total"] == 0 and never["digest"] == "", never
+    assert "could not start in 3 tries" in never["reason"] and "run the same command again" in never["reason"]
+
+
 @pytest.mark.slow
 def test_killed_run_resumes_without_losing_grades(course, tmp_path):
     subs = tmp_path / "subs"
