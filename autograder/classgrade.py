@@ -45,7 +45,7 @@ from .notebook import graded_cells, read_notebook
 from .releasing import resolve_chapters
 from .sandbox import SandboxSettings, probe
 
-GRADER_VERSION = "3"  # part of every digest: bump it when grading itself changes
+GRADER_VERSION = "4"  # part of every digest: bump it when grading itself changes
 MAX_ZIP_BYTES = 2 * 1024**3  # refuse a zip that unpacks to more than this
 SANDBOX_UID_BASE = 61000  # each worker's kernels run as the first free uid from here (when run as root)
 
@@ -104,7 +104,7 @@ def _grading_config(settings: SandboxSettings):
     from nbgrader.preprocessors import ClearHiddenTests, Execute, GetGrades
     from traitlets.config import Config
 
-    from .kernelguard import GuardedExecute, InsertCanaries, RedactForFeedback, VerifyCanaries
+    from .kernelguard import FeedbackExporter, GuardedExecute, InsertCanaries, RedactForFeedback, VerifyCanaries
     from .sandbox import SandboxKernelManager
 
     class SandboxedExecute(GuardedExecute):
@@ -120,6 +120,7 @@ def _grading_config(settings: SandboxSettings):
     c.GuardedExecute.max_output_bytes = settings.max_output_mb * 1024 * 1024
     c.Execute.iopub_timeout = 30  # seconds to drain a cell's output after it finished (nbclient: 4)
     c.GenerateFeedback.preprocessors = [GetGrades, ClearHiddenTests, RedactForFeedback, CSSHTMLHeaderPreprocessor]
+    c.GenerateFeedback.exporter_class = FeedbackExporter
     return c
 
 
@@ -161,7 +162,10 @@ def _notebook_verdicts(executed: Path) -> tuple[str, list[str]]:
             if output.get("ename") == "TamperingDetected":
                 tampering = output.get("evalue", "")
             elif output.get("ename") == "DeadKernelError" and not notes:
-                notes.append("the kernel died (os._exit, a crash, or a sandbox limit); later cells did not run")
+                if "stopped answering" in output.get("evalue", ""):
+                    notes.append("the kernel stopped answering after a cell timed out; later cells did not run")
+                else:
+                    notes.append("the kernel died (os._exit, a crash, or a sandbox limit); later cells did not run")
     return tampering, notes
 
 
@@ -390,7 +394,6 @@ def grade_class(
             settings = replace(settings, uid=None)
         context = json.dumps([GRADER_VERSION, solution_digest(root, chapter), asdict(settings) | {"hide": [], "base": ""}])
         subs = find_submissions(folder, chapter)
-        gradebook = ClassGradebook(db_url, chapter, root)
         results_dir = out / "results"
 
         cells = graded_cells(read_notebook(root / SOLUTIONS / chapter / f"{chapter}.ipynb"))
@@ -410,7 +413,6 @@ def grade_class(
                     record = json.loads(saved.read_text())
                     if record.get("digest") == digest:
                         results[sub.student_id] = _result_from_record(record)
-                        gradebook.record(results[sub.student_id], autograded_ids)
                         continue
                 except (ValueError, KeyError):
                     pass  # unreadable: grade it again
@@ -420,7 +422,8 @@ def grade_class(
             f"with {min(workers, max(1, len(todo)))} worker(s)")
         log(f"sandbox: {settings.describe()}")
 
-        if todo:
+        pool, futures = None, {}
+        if todo:  # workers start (and set up their courses) while the parent opens the gradebook
             ctx = multiprocessing.get_context("spawn")
             slots = ctx.Queue()
             n = min(workers, len(todo))
@@ -429,30 +432,32 @@ def grade_class(
             pool = cf.ProcessPoolExecutor(
                 n, mp_context=ctx, initializer=_init_worker, initargs=(chapter, str(root), asdict(settings), slots, str(out))
             )
-            try:
-                futures = {pool.submit(grade_in_worker, *job): job for job in todo}
-                bar = tqdm(total=len(todo), desc=f"grading {chapter}", unit="nb", disable=not progress)
-                for future in cf.as_completed(futures):
-                    student_id = futures[future][0]
-                    try:
-                        record = future.result()
-                    except Exception as exc:  # a worker died: record it, the rest goes on
-                        zero = _zero_result(cells, student_id, f"grading failed: worker died ({type(exc).__name__})")
-                        record = zero.as_dict() | {"digest": "", "feedback": None, "tries": None, "seconds": None}
-                    result = _result_from_record(record)
-                    gradebook.record(result, autograded_ids)  # only the parent writes grades
-                    atomic_write_bytes(results_dir / f"{student_id}.json", json.dumps(record, indent=1).encode())
-                    results[student_id] = result
-                    bar.update(1)
-                    if result.reason:
-                        bar.write(f"{student_id}: {_fmt(result.total)}/{_fmt(result.max_total)} -- {result.reason}")
-                bar.close()
-            except BaseException:  # Ctrl-C or a bug: stop the workers (and kernels) now; finished grades are saved
-                for process in list((getattr(pool, "_processes", None) or {}).values()):
-                    if process.is_alive():
-                        process.kill()
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+            futures = {pool.submit(grade_in_worker, *job): job for job in todo}
+        try:
+            gradebook = ClassGradebook(db_url, chapter, root)
+            for result in results.values():  # kept from an earlier run (the gradebook may be a new one)
+                gradebook.record(result, autograded_ids)
+            bar = tqdm(total=len(todo), desc=f"grading {chapter}", unit="nb", disable=not progress or not todo)
+            for future in cf.as_completed(futures):
+                student_id = futures[future][0]
+                try:
+                    record = future.result()
+                except Exception as exc:  # a worker died: record it, the rest goes on
+                    zero = _zero_result(cells, student_id, f"grading failed: worker died ({type(exc).__name__})")
+                    record = zero.as_dict() | {"digest": "", "feedback": None, "tries": None, "seconds": None}
+                result = _result_from_record(record)
+                gradebook.record(result, autograded_ids)  # only the parent writes grades
+                atomic_write_bytes(results_dir / f"{student_id}.json", json.dumps(record, indent=1).encode())
+                results[student_id] = result
+                bar.update(1)
+                if result.reason:
+                    bar.write(f"{student_id}: {_fmt(result.total)}/{_fmt(result.max_total)} -- {result.reason}")
+            bar.close()
+        except BaseException:  # Ctrl-C or a bug: stop the workers (and kernels) now; finished grades are saved
+            if pool is not None:
+                _stop(pool)
+            raise
+        if pool is not None:
             pool.shutdown(wait=True)  # workers clean up their temporary courses as they exit
     finally:
         shutil.rmtree(unpacked, ignore_errors=True)
@@ -480,6 +485,14 @@ def grade_class(
     log(f"wrote {out}/grades.csv, report.json, summary.md, scores.png, feedback/ ({len(ordered)} student(s), "
         f"{stats['graded']} graded now, {stats['seconds']:.0f}s)")
     return ordered
+
+
+def _stop(pool: cf.ProcessPoolExecutor) -> None:
+    """Kill the workers now (their kernels die with them), drop the jobs not started."""
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _zero_result(cells, student_id: str, reason: str) -> GradeResult:

@@ -26,6 +26,7 @@ private work dir, the clean environment and the time limit apply.
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import shutil
@@ -35,8 +36,6 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-from jupyter_client.manager import AsyncKernelManager
 
 # Linux constants (sched.h, mount.h, prctl.h)
 CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
@@ -119,21 +118,35 @@ def new_workdir(settings: SandboxSettings) -> Path:
     return path
 
 
-class SandboxKernelManager(AsyncKernelManager):
-    """A kernel manager whose kernels start through the sandbox launcher (`install` first)."""
+def __getattr__(name: str):
+    # The kernel manager needs jupyter_client (0.15 s to import); the launcher below, which runs
+    # once per kernel, does not: the class is made on first use, in the grading worker.
+    if name == "SandboxKernelManager":
+        return _kernel_manager_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if _SETTINGS is None:
-            raise RuntimeError("autograder.sandbox.install(settings) was not called in this process")
-        self.sandbox = SandboxSettings(**{**asdict(_SETTINGS), "workdir": str(new_workdir(_SETTINGS))})
-        if self.sandbox.isolated:  # TCP on loopback does not cross the network namespace; Unix sockets do
-            self.transport = "ipc"
-            self.ip = str(Path(self.sandbox.workdir) / "zmq")
 
-    def format_kernel_cmd(self, extra_arguments=None):
-        cmd = super().format_kernel_cmd(extra_arguments)
-        return [sys.executable, "-m", "autograder.sandbox", json.dumps(asdict(self.sandbox)), "--", *cmd]
+@functools.cache
+def _kernel_manager_class():
+    from jupyter_client.manager import AsyncKernelManager
+
+    class SandboxKernelManager(AsyncKernelManager):
+        """A kernel manager whose kernels start through the sandbox launcher (`install` first)."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if _SETTINGS is None:
+                raise RuntimeError("autograder.sandbox.install(settings) was not called in this process")
+            self.sandbox = SandboxSettings(**{**asdict(_SETTINGS), "workdir": str(new_workdir(_SETTINGS))})
+            if self.sandbox.isolated:  # TCP on loopback does not cross the network namespace; Unix sockets do
+                self.transport = "ipc"
+                self.ip = str(Path(self.sandbox.workdir) / "zmq")
+
+        def format_kernel_cmd(self, extra_arguments=None):
+            cmd = super().format_kernel_cmd(extra_arguments)
+            return [sys.executable, "-m", "autograder.sandbox", json.dumps(asdict(self.sandbox)), "--", *cmd]
+
+    return SandboxKernelManager
 
 
 UID_SPAN = 1000  # how many uids above the base a grading run may claim

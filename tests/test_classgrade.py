@@ -210,8 +210,12 @@ def test_a_dead_kernel_keeps_the_points_earned_before(hostile):
 @pytest.mark.slow
 def test_cheats_and_broken_notebooks_score_zero_with_a_reason(hostile):
     r = hostile["results"]
-    for student in ("tamper", "builtins", "testing"):  # monkeypatched checks, builtins, numpy/torch testing
+    for student in ("tamper", "testing"):  # monkeypatched checks, numpy/torch testing
         assert r[student].total == 0 and "tampering detected" in r[student].reason, (student, r[student].reason)
+    # Redefined builtins break ipykernel itself: the kernel stops answering and is given up on
+    assert r["builtins"].total == 0 and "stopped answering" in r["builtins"].reason, r["builtins"].reason
+    record = json.loads((hostile["out"] / "results" / "builtins.json").read_text())
+    assert record["seconds"] < 150  # one cell's wait and one probe's, not the notebook's 300 s
     assert r["ungraded"].total == 0 and "metadata of graded cell(s) mean_tests was edited" in r["ungraded"].reason
     assert r["edited"].total == 0  # the test cell was restored from the gradebook
     assert r["badjson"].total == 0 and "not a valid notebook" in r["badjson"].reason
