@@ -1,6 +1,6 @@
 """Grading a class: plain serial nbgrader vs `autograder grade --workers 2`, and the sandbox's cost.
 
-    python benchmarks/bench_grading.py [--chapter 02-tokenization] [-n 6]
+    python benchmarks/bench_grading.py [--chapter 02-tokenization] [-n 4] [--rounds 2]
 
 N copies of the chapter's solution notebook are graded four ways, in one run:
   serial     `autograder.grading.Grader`: plain `nbgrader autograde`, one submission after another
@@ -39,7 +39,8 @@ def serial(chapter: str, subs: Path) -> list:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chapter", default="02-tokenization")
-    parser.add_argument("-n", type=int, default=6, help="submissions")
+    parser.add_argument("-n", type=int, default=4, help="submissions")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; each run's fastest counts")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-grading-"))
     try:
@@ -59,13 +60,17 @@ def main() -> None:
             "grade --workers 2, sandboxed": lambda out: grade_class(
                 args.chapter, subs, out, workers=2, sandbox=isolated, progress=False, **quiet),
         }
-        seconds = {}
-        for i, (name, run) in enumerate(runs.items()):
-            start = time.perf_counter()
-            results = run(work / f"out{i}")
-            seconds[name] = time.perf_counter() - start
-            assert all(r.total == r.max_total for r in results), name
-            print(f"{name}: {seconds[name]:.1f}s", flush=True)
+        seconds = {}  # the fastest of the rounds: other processes on the machine only ever add time
+        for round_ in range(args.rounds):
+            for i, (name, run) in enumerate(runs.items()):
+                out = work / f"out{i}"
+                shutil.rmtree(out, ignore_errors=True)  # a fresh output folder: everything is graded
+                start = time.perf_counter()
+                results = run(out)
+                took = time.perf_counter() - start
+                seconds[name] = min(seconds.get(name, took), took)
+                assert all(r.total == r.max_total for r in results), name
+                print(f"round {round_ + 1}: {name}: {took:.1f}s", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -75,7 +80,8 @@ def main() -> None:
     isolated_note = "isolated (root)" if os.geteuid() == 0 else "NOT isolated (not root: both w1 rows are the same)"
     markdown = f"""## grading: {args.n} submissions of {args.chapter} (the solution notebook)
 
-`python benchmarks/bench_grading.py --chapter {args.chapter} -n {args.n}`; every run scored full marks. Goals:
+`python benchmarks/bench_grading.py --chapter {args.chapter} -n {args.n} --rounds {args.rounds}`; every run scored
+full marks; each row is the fastest of {args.rounds} interleaved rounds. Goals:
 `--workers 2` at least 1.8x faster than serial nbgrader; sandbox overhead at most 15%.
 The `grade` rows include what plain nbgrader does not do: canary cells, feedback HTML, the
 per-student result files. Sandbox: {isolated_note}.
