@@ -14,9 +14,10 @@
 A canary runs checks that must fail: `check_equal(0, 1)`, `check_close`, a bare `assert False`,
 numpy's and torch's testing functions, each carrying a random nonce in its message; it collects
 their AssertionErrors and raises one with all the messages. The grader (outside the kernel) then
-verifies that the cell raised an AssertionError carrying every nonce (`VerifyCanaries`). A canary that passed means the checking machinery was tampered with
-(monkeypatched `autograder.checks`, `assert` rewriting, redefined builtins, a swallowed error
-reporting...): every test cell of the notebook then scores zero with the reason. The canaries are
+verifies that the cell raised an AssertionError carrying every nonce (`VerifyCanaries`). A check
+that passed means the checking machinery was tampered with (monkeypatched `autograder.checks`,
+`assert` rewriting, redefined builtins, a swallowed error reporting...): every test cell of the
+notebook then scores zero with the reason. The canaries are
 removed from the notebook before it is saved, so neither the gradebook nor the feedback sees them.
 """
 
