@@ -13,11 +13,11 @@ IPython, ipywidgets and matplotlib are imported inside the functions that need t
 from __future__ import annotations
 
 import html
-import uuid
 
 import torch
 
 from llm_lib.attention import attention_weights, causal_mask, split_heads
+from llm_lib.display import SnapshotExplorer
 
 __all__ = ["attention_maps", "token_labels", "plot_attention", "AttentionExplorer", "attention_explorer"]
 
@@ -204,7 +204,7 @@ def _table_html(labels, weights, query):
             f'<tr><th></th>{head}</tr>{"".join(rows)}</table>')
 
 
-class AttentionExplorer:
+class AttentionExplorer(SnapshotExplorer):
     """Pick a layer, a head and a query token of a sentence and see where that query looks.
 
     Shows the sentence with every token shaded by the weight the chosen query gives it, and the
@@ -224,7 +224,6 @@ class AttentionExplorer:
             raise ValueError(f"layer must be in 0 .. {self.n_layer - 1}, got {layer}")
         if head != "mean" and not (isinstance(head, int) and 0 <= head < self.n_head):
             raise ValueError(f"head must be in 0 .. {self.n_head - 1} or 'mean', got {head!r}")
-        self._snapshot_class = f"llm-lib-attention-snapshot-{uuid.uuid4().hex[:12]}"
         # A text area, not a one-line box, so pasted verse keeps its line breaks (tokens of their own).
         self.text = widgets.Textarea(value=text, description="Text", continuous_update=False, rows=3,
                                      layout=widgets.Layout(width="100%"))
@@ -234,7 +233,7 @@ class AttentionExplorer:
                                      value=head, description="Head")
         self.query = widgets.Dropdown(description="Query")
         self.view = widgets.HTML()
-        hide_snapshot = widgets.HTML(f"<style>.{self._snapshot_class} {{display: none !important;}}</style>")
+        hide_snapshot = self._hide_snapshot()
         self.widget = widgets.VBox([self.text, widgets.HBox([self.layer, self.head, self.query]), self.view,
                                     hide_snapshot])
         self._set_text(text, query)
@@ -285,17 +284,9 @@ class AttentionExplorer:
 
     def static_html(self) -> str:
         """The explorer's current state as plain HTML, for readers without a kernel."""
-        return (f'<div class="{self._snapshot_class}">'
-                f'<div style="font-family:ui-monospace,Menlo,Consolas,monospace;border:1px solid #bbb;border-radius:3px;'
-                f'padding:4px 6px;margin-bottom:6px;background:#fff;color:#111;white-space:pre-wrap">{html.escape(self.text.value)}</div>'
-                f'{self._html()}<div style="font-size:0.8em;color:#666;margin-top:4px">Static snapshot: run the '
-                'notebook to choose the text, layer, head and query yourself.</div></div>')
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import HTML, display
-
-        display(HTML(self.static_html()))
-        display(self.widget._repr_mimebundle_(), raw=True)
+        box = ('<div style="font-family:ui-monospace,Menlo,Consolas,monospace;border:1px solid #bbb;border-radius:3px;'
+               f'padding:4px 6px;margin-bottom:6px;background:#fff;color:#111;white-space:pre-wrap">{html.escape(self.text.value)}</div>')
+        return self._snapshot(box + self._html(), "run the notebook to choose the text, layer, head and query yourself.")
 
 
 def attention_explorer(model, tokenizer, text: str = DEFAULT_EXPLORER_TEXT, layer: int = 0, head: int | str = 0,

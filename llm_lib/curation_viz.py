@@ -9,14 +9,12 @@ each signature, not by a second formula. Displaying the explorer shows a static 
 """
 from __future__ import annotations
 
-import base64
 import html
-import uuid
 from itertools import combinations
 
 import numpy as np
 
-from llm_lib.display import figure_png
+from llm_lib.display import figure_png, png_html, SnapshotExplorer
 from llm_lib.curation import lsh_candidate_pairs, lsh_probability, lsh_threshold, pair_precision_recall
 
 __all__ = ["lsh_scores", "lsh_figure", "LSHExplorer", "lsh_explorer"]
@@ -70,7 +68,7 @@ def lsh_figure(bands: int, rows: int, same: np.ndarray, other: np.ndarray, score
     return fig
 
 
-class LSHExplorer:
+class LSHExplorer(SnapshotExplorer):
     """Sliders for bands and rows; the S-curve, the pairs and the candidates' precision/recall follow."""
 
     def __init__(self, signatures, truth, bands: int = 64, rows: int = 2):
@@ -82,13 +80,12 @@ class LSHExplorer:
             raise ValueError(f"bands*rows = {bands * rows} exceeds the signature length {self.num_perm}")
         self.same, self.other = _pair_similarities(signatures, self.truth)
         self.initial = (bands, rows)
-        self._snapshot_class = f"llm-lib-lsh-snapshot-{uuid.uuid4().hex[:12]}"
         self.bands = widgets.IntSlider(value=bands, min=1, max=self.num_perm, description="bands",
                                        continuous_update=False)
         self.rows = widgets.IntSlider(value=rows, min=1, max=32, description="rows", continuous_update=False)
         self.image = widgets.Image(format="png")
         self.readout = widgets.HTML()
-        hide = widgets.HTML(f"<style>.{self._snapshot_class} {{display: none !important;}}</style>")
+        hide = self._hide_snapshot()
         self.widget = widgets.VBox([widgets.HBox([self.bands, self.rows]), self.image, self.readout, hide])
         self.bands.observe(self._update, names="value")
         self.rows.observe(self._update, names="value")
@@ -111,16 +108,8 @@ class LSHExplorer:
 
     def static_html(self) -> str:
         png, text = self._render(*self.initial)
-        data = base64.b64encode(png).decode("ascii")
-        return (f'<div class="{self._snapshot_class}"><img alt="LSH S-curve" style="max-width:100%" '
-                f'src="data:image/png;base64,{data}"><div style="font-size:0.9em">{text}</div>'
-                '<div style="font-size:0.8em;color:#666">Static snapshot: run the notebook to move the sliders.</div></div>')
-
-    def _ipython_display_(self):
-        from IPython.display import HTML, display
-
-        display(HTML(self.static_html()))
-        display(self.widget._repr_mimebundle_(), raw=True)
+        return self._snapshot(png_html(png, "LSH S-curve") + f'<div style="font-size:0.9em">{text}</div>',
+                              "run the notebook to move the sliders.")
 
 
 def lsh_explorer(signatures, truth, bands: int = 64, rows: int = 2) -> LSHExplorer:

@@ -8,6 +8,7 @@ command-line pipeline.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import inspect
 import io
@@ -25,6 +26,8 @@ __all__ = [
     "tokenizer_playground",
     "figure_png",
     "figure_html",
+    "png_html",
+    "SnapshotExplorer",
 ]
 
 # Pastel tints of the Okabe-Ito palette (safe for the common colour-vision deficiencies), each with its
@@ -61,12 +64,53 @@ def figure_png(fig, dpi: int = 100) -> bytes:
     return buffer.getvalue()
 
 
+def png_html(png: bytes, alt: str) -> str:
+    """PNG bytes as a self-contained <img> tag with alt text: `png_html(figure_png(fig), "loss curve")`."""
+    if not alt or not alt.strip():
+        raise ValueError("an image needs alt text that says what the figure shows (for screen readers)")
+    data = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" style="max-width:100%" src="data:image/png;base64,{data}"/>'
+
+
 def figure_html(fig, alt: str, dpi: int = 100) -> str:
     """A matplotlib figure as a self-contained <img> tag with alt text: `figure_html(fig, "loss curve")`."""
-    if not alt or not alt.strip():
-        raise ValueError("figure_html needs alt text that says what the figure shows (for screen readers)")
-    data = base64.b64encode(figure_png(fig, dpi)).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" style="max-width:100%" src="data:image/png;base64,{data}"/>'
+    return png_html(figure_png(fig, dpi), alt)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Explorers: a live widget in JupyterLab, a static snapshot in the built book
+
+
+class SnapshotExplorer:
+    """Base of the chapters' explorers. Displayed, an explorer shows two outputs: a static HTML snapshot
+    of its first state (what a reader of the built book sees, no kernel needed) and the live ipywidgets
+    widget, which carries a style rule that hides the snapshot, so a JupyterLab user sees it only once.
+
+    A subclass builds `self.widget` with `self._hide_snapshot()` among its children and writes
+    `static_html()` as `self._snapshot(body_html, "what to do in the live version")`.
+    """
+
+    @functools.cached_property
+    def _snapshot_class(self) -> str:  # unique per instance: hiding one snapshot leaves the others
+        return f"llm-lib-{type(self).__name__.lower()}-snapshot-{uuid.uuid4().hex[:12]}"
+
+    def _hide_snapshot(self):
+        import ipywidgets as widgets
+
+        return widgets.HTML(f"<style>.{self._snapshot_class} {{display: none !important;}}</style>")
+
+    def _snapshot(self, body: str, note: str) -> str:
+        return (f'<div class="{self._snapshot_class}">{body}<div style="font-size:0.8em;color:#666;'
+                f'margin:2px 0 0 4px">Static snapshot: {note}</div></div>')
+
+    def static_html(self) -> str:
+        raise NotImplementedError
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import HTML, display
+
+        display(HTML(self.static_html()))
+        display(self.widget._repr_mimebundle_(), raw=True)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -216,7 +260,7 @@ def _panel_html(tokenizer, text: str) -> str:
     return tokens_html(tokenizer, text) + _ids_html(ids)
 
 
-class TokenizerPlayground:
+class TokenizerPlayground(SnapshotExplorer):
     """A text box and, side by side, how each tokenizer splits what is typed (tokens, ids, count).
 
     Displaying it shows two outputs: a static HTML snapshot of the initial text (what a reader of the built
@@ -231,7 +275,6 @@ class TokenizerPlayground:
             raise TypeError("tokenizers must be a non-empty dict like {'GPT-2': encoding, 'Course': tokenizer}")
         self.tokenizers = dict(tokenizers)
         self.initial_text = text
-        self._snapshot_class = f"llm-lib-playground-snapshot-{uuid.uuid4().hex[:12]}"
         self.textarea = widgets.Textarea(
             value=text,
             placeholder="Type here…",
@@ -246,7 +289,7 @@ class TokenizerPlayground:
             )
             for name, panel in self.panels.items()
         ]
-        hide_snapshot = widgets.HTML(f"<style>.{self._snapshot_class} {{display: none !important;}}</style>")
+        hide_snapshot = self._hide_snapshot()
         self.widget = widgets.VBox(
             [self.textarea, widgets.HBox(columns, layout=widgets.Layout(flex_flow="row wrap")), hide_snapshot]
         )
@@ -265,21 +308,11 @@ class TokenizerPlayground:
             f"{_panel_html(tokenizer, text)}</div>"
             for name, tokenizer in self.tokenizers.items()
         )
-        return (
-            f'<div class="{self._snapshot_class}">'
-            '<div style="font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap;'
-            'border:1px solid #bbb;border-radius:3px;padding:4px 6px;margin-bottom:6px;color:#111;'
-            f'background:#fff">{html.escape(text)}</div>'
-            f'<div style="display:flex;flex-wrap:wrap;gap:8px">{columns}</div>'
-            '<div style="font-size:0.8em;color:#666;margin-top:4px">Static snapshot: run the notebook to '
-            "type your own text.</div></div>"
-        )
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import HTML, display
-
-        display(HTML(self.static_html()))
-        display(self.widget._repr_mimebundle_(), raw=True)
+        box = ('<div style="font-family:ui-monospace,Menlo,Consolas,monospace;white-space:pre-wrap;'
+               'border:1px solid #bbb;border-radius:3px;padding:4px 6px;margin-bottom:6px;color:#111;'
+               f'background:#fff">{html.escape(text)}</div>')
+        return self._snapshot(f'{box}<div style="display:flex;flex-wrap:wrap;gap:8px">{columns}</div>',
+                              "run the notebook to type your own text.")
 
 
 def tokenizer_playground(tokenizers: dict, text: str = DEFAULT_PLAYGROUND_TEXT) -> TokenizerPlayground:

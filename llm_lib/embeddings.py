@@ -20,14 +20,13 @@ from __future__ import annotations
 import collections
 import html
 import math
-import uuid
 from collections.abc import Iterable, Sequence
 
 import regex
 import torch
 import torch.nn.functional as F
 
-from llm_lib.display import figure_html
+from llm_lib.display import SnapshotExplorer, figure_html
 
 __all__ = [
     "one_hot",
@@ -302,7 +301,7 @@ def _bars_html(rows: list[tuple[str, float]], title: str) -> str:
             f'margin-top:4px">{"".join(lines)}</table></div>')
 
 
-class EmbeddingExplorer:
+class EmbeddingExplorer(SnapshotExplorer):
     """Pick a word: its nearest neighbours, where it sits on the 2-D PCA map of all words, and its neighbourhood
     projected on its own.
 
@@ -321,12 +320,11 @@ class EmbeddingExplorer:
         self.initial_word = word
         self.map_words = min(map_words, len(self.vocab))
         self.coords = pca_2d(self.vectors[: self.map_words])             # the global map: the most frequent words
-        self._snapshot_class = f"llm-lib-embedding-snapshot-{uuid.uuid4().hex[:12]}"
         self.picker = widgets.Combobox(value=word, options=self.vocab[:self.map_words], ensure_option=False,
                                        description="word:", placeholder="type a word",
                                        layout=widgets.Layout(width="260px"))
         self.panel = widgets.HTML()
-        hide_snapshot = widgets.HTML(f"<style>.{self._snapshot_class} {{display: none !important;}}</style>")
+        hide_snapshot = self._hide_snapshot()
         self.widget = widgets.VBox([self.picker, self.panel, hide_snapshot])
         self.picker.observe(self._update, names="value")
         self._update()
@@ -390,15 +388,8 @@ class EmbeddingExplorer:
     def static_html(self, word: str | None = None) -> str:
         """The explorer as plain HTML (no kernel needed), for `word` or the initial word."""
         word = self.initial_word if word is None else word
-        return (f'<div class="{self._snapshot_class}"><div style="margin-bottom:4px"><b>word:</b> '
-                f'{html.escape(word)}</div>{self.panel_html(word)}<div style="font-size:0.8em;color:#666">'
-                'Static snapshot: run the notebook to pick your own word.</div></div>')
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import HTML, display
-
-        display(HTML(self.static_html()))
-        display(self.widget._repr_mimebundle_(), raw=True)
+        return self._snapshot(f'<div style="margin-bottom:4px"><b>word:</b> {html.escape(word)}</div>'
+                              f'{self.panel_html(word)}', "run the notebook to pick your own word.")
 
 
 def embedding_explorer(vocab: Sequence[str], vectors: torch.Tensor, word: str = "king", k: int = 12) -> EmbeddingExplorer:
@@ -406,7 +397,7 @@ def embedding_explorer(vocab: Sequence[str], vectors: torch.Tensor, word: str = 
     return EmbeddingExplorer(vocab, vectors, word, k)
 
 
-class Semantle:
+class Semantle(SnapshotExplorer):
     """A guessing game in the style of Semantle: find the secret word; each guess is scored by its cosine similarity
     to the secret and by its rank among all words (1 = the secret's nearest neighbour).
 
@@ -436,7 +427,6 @@ class Semantle:
         for word in demo:
             self.guess(word)
         self._demo_html = self.table_html(reveal=False)
-        self._snapshot_class = f"llm-lib-semantle-snapshot-{uuid.uuid4().hex[:12]}"
         self.box = widgets.Text(placeholder="your guess, then Enter", continuous_update=False,
                                 layout=widgets.Layout(width="220px"))
         hint = widgets.Button(description="hint", layout=widgets.Layout(width="80px"))
@@ -446,7 +436,7 @@ class Semantle:
         self.box.observe(lambda change: change["new"].strip() and self._play(change["new"]), names="value")
         hint.on_click(lambda _: self._hint())
         give_up.on_click(lambda _: self._give_up())
-        hide_snapshot = widgets.HTML(f"<style>.{self._snapshot_class} {{display: none !important;}}</style>")
+        hide_snapshot = self._hide_snapshot()
         self.widget = widgets.VBox([widgets.HBox([self.box, hint, give_up]), self.panel, hide_snapshot])
 
     def guess(self, word: str) -> tuple[float, int]:
@@ -494,15 +484,8 @@ class Semantle:
 
     def static_html(self) -> str:
         """The demo guesses as plain HTML (no kernel needed), without the secret."""
-        return (f'<div class="{self._snapshot_class}"><div style="margin-bottom:4px"><i>A few guesses at a secret '
-                f'word:</i></div>{self._demo_html}<div style="font-size:0.8em;color:#666;margin-top:4px">Static '
-                'snapshot: run the notebook to play.</div></div>')
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import HTML, display
-
-        display(HTML(self.static_html()))
-        display(self.widget._repr_mimebundle_(), raw=True)
+        return self._snapshot(f'<div style="margin-bottom:4px"><i>A few guesses at a secret word:</i></div>'
+                              f'{self._demo_html}', "run the notebook to play.")
 
 
 def semantle(vocab: Sequence[str], vectors: torch.Tensor, secret: str | None = None, seed: int = 0,

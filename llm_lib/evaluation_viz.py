@@ -11,12 +11,9 @@ imported inside the functions that need them.
 """
 from __future__ import annotations
 
-import base64
-import html
 import random
-import uuid
 
-from llm_lib.display import figure_png
+from llm_lib.display import figure_png, png_html, SnapshotExplorer
 from llm_lib.evaluation import bootstrap_ratings, check_games
 
 __all__ = ["subsample_games", "overlapping_pairs", "ratings_figure", "ArenaExplorer", "arena_explorer"]
@@ -73,7 +70,7 @@ def ratings_figure(ratings: dict, title: str):
     return fig
 
 
-class ArenaExplorer:
+class ArenaExplorer(SnapshotExplorer):
     """A judge menu and a games-per-pair slider; the leaderboard is refitted with bootstrap intervals as
     they change. Displaying it shows a static PNG of the initial state (for the built book) and the live
     widget, whose style rule hides the snapshot in JupyterLab."""
@@ -89,13 +86,12 @@ class ArenaExplorer:
         self.seed = seed
         most = max(self._max_per_pair(g) for g in self.games.values())
         self.initial = (next(iter(self.games)), min(per_pair or most, most))
-        self._snapshot_class = f"llm-lib-arena-snapshot-{uuid.uuid4().hex[:12]}"
         style, layout = {"description_width": "initial"}, widgets.Layout(width="60%")
         self.judge = widgets.Dropdown(options=list(self.games), value=self.initial[0], description="judge", style=style)
         self.per_pair = widgets.IntSlider(value=self.initial[1], min=1, max=most, description="games per pair",
                                           continuous_update=False, style=style, layout=layout)
         self.image, self.readout = widgets.Image(format="png"), widgets.HTML()
-        hide = widgets.HTML(f"<style>.{self._snapshot_class} {{display: none !important;}}</style>")
+        hide = self._hide_snapshot()
         self.widget = widgets.VBox([self.judge, self.per_pair, self.image, self.readout, hide])
         self.judge.observe(self._update, names="value")
         self.per_pair.observe(self._update, names="value")
@@ -131,16 +127,7 @@ class ArenaExplorer:
     def static_html(self) -> str:
         """The explorer in its initial state as plain HTML with an embedded PNG (no kernel needed)."""
         png, readout, alt = self._render(*self.initial)
-        return (f'<div class="{self._snapshot_class}"><img alt="{html.escape(alt)}" style="max-width:100%" '
-                f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">{readout}'
-                '<div style="font-size:0.8em;color:#666;margin:2px 0 0 4px">Static snapshot: run the notebook '
-                "to choose the judge and the number of games yourself.</div></div>")
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import HTML, display
-
-        display(HTML(self.static_html()))
-        display(self.widget._repr_mimebundle_(), raw=True)
+        return self._snapshot(png_html(png, alt) + readout, "run the notebook to choose the judge and the number of games yourself.")
 
 
 def arena_explorer(games_by_judge: dict, per_pair: int | None = None, seed: int = 0) -> ArenaExplorer:

@@ -3,16 +3,16 @@
     >>> group_explorer({"SFT": load("sft"), "GRPO": load("grpo")}, load("tokenizer"), tasks)
 
 Displaying it gives a static HTML snapshot of its first state (what a reader of the built book sees)
-and the live widget, which hides the snapshot when it renders (as llm_lib.attention_viz does).
+and the live widget, which hides the snapshot when it renders (llm_lib.display.SnapshotExplorer).
 IPython and ipywidgets are imported inside the functions that need them.
 """
 from __future__ import annotations
 
 import html
-import uuid
 
 import torch
 
+from llm_lib.display import SnapshotExplorer
 from llm_lib.grpo import default_reward, group_normalized_advantages, sample_group
 
 RIGHT, WRONG = "\u2713", "\u2717"
@@ -68,7 +68,7 @@ def group_html(task, rows, title=""):
             f'<table style="border-collapse:collapse;text-align:center">{head}{"".join(body)}</table></div>')
 
 
-class GroupExplorer:
+class GroupExplorer(SnapshotExplorer):
     """Pick a model, a prompt and a sampling seed; see the group GRPO would learn from."""
 
     def __init__(self, models: dict, tok, tasks, group_size=8, seed=0, temperature=1.0):
@@ -78,13 +78,12 @@ class GroupExplorer:
             raise ValueError("GroupExplorer needs at least one model and one task")
         self.models, self.tok, self.tasks, self.group_size = models, tok, list(tasks), group_size
         self.temperature = temperature
-        self._snapshot_class = f"llm-lib-grpo-snapshot-{uuid.uuid4().hex[:12]}"
         self.model = widgets.Dropdown(options=list(models), description="Model")
         self.task = widgets.Dropdown(options=[(t.prompt, i) for i, t in enumerate(self.tasks)], description="Prompt",
                                      layout=widgets.Layout(width="380px"))
         self.seed = widgets.IntSlider(value=seed, min=0, max=99, description="Seed")
         self.view = widgets.HTML()
-        hide = widgets.HTML(f"<style>.{self._snapshot_class} {{display: none !important;}}</style>")
+        hide = self._hide_snapshot()
         self.widget = widgets.VBox([widgets.HBox([self.model, self.task, self.seed]), self.view, hide])
         for control in (self.model, self.task, self.seed):
             control.observe(lambda change: self._redraw(), names="value")
@@ -100,15 +99,7 @@ class GroupExplorer:
         self.view.value = self._html()
 
     def static_html(self) -> str:
-        return (f'<div class="{self._snapshot_class}">{self.view.value}<div style="font-size:0.8em;color:#666;'
-                'margin-top:4px">Static snapshot: run the notebook to pick the model, prompt and seed yourself.'
-                '</div></div>')
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import HTML, display
-
-        display(HTML(self.static_html()))
-        display(self.widget._repr_mimebundle_(), raw=True)
+        return self._snapshot(self.view.value, "run the notebook to pick the model, prompt and seed yourself.")
 
 
 def group_explorer(models: dict, tok, tasks, group_size=8, seed=0, temperature=1.0) -> GroupExplorer:

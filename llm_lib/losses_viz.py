@@ -10,14 +10,12 @@ matplotlib are imported inside the functions that need them.
 """
 from __future__ import annotations
 
-import base64
 import html
 import math
-import uuid
 
 import torch
 
-from llm_lib.display import figure_png
+from llm_lib.display import figure_png, png_html, SnapshotExplorer
 from llm_lib.losses import cross_entropy
 
 __all__ = ["spread_probability", "loss_and_gradient", "loss_figure", "LossExplorer", "loss_explorer"]
@@ -127,7 +125,7 @@ def _readout_html(p: float, tokens, weights) -> str:
     )
 
 
-class LossExplorer:
+class LossExplorer(SnapshotExplorer):
     """A slider for the probability of the correct token and, redrawn as it moves, the loss −ln p, the
     model's probabilities and the gradient on every logit.
 
@@ -143,7 +141,6 @@ class LossExplorer:
         if len(tokens) != len(weights) + 1:
             raise ValueError(f"need one weight per wrong token: {len(tokens)} tokens, {len(weights)} weights")
         self.tokens, self.weights, self.initial_p = tuple(tokens), tuple(weights), float(p)
-        self._snapshot_class = f"llm-lib-loss-snapshot-{uuid.uuid4().hex[:12]}"
         self.slider = widgets.FloatSlider(
             value=self.initial_p, min=0.005, max=1.0, step=0.005, readout_format=".3f", continuous_update=False,
             description=f"p({tokens[0]!r})", style={"description_width": "initial"},
@@ -151,7 +148,7 @@ class LossExplorer:
         )
         self.image = widgets.Image(format="png")
         self.readout = widgets.HTML()
-        hide_snapshot = widgets.HTML(f"<style>.{self._snapshot_class} {{display: none !important;}}</style>")
+        hide_snapshot = self._hide_snapshot()
         self.widget = widgets.VBox([self.slider, self.image, self.readout, hide_snapshot])
         self.slider.observe(self._update, names="value")
         self._update()
@@ -167,21 +164,9 @@ class LossExplorer:
     def static_html(self, p: float | None = None) -> str:
         """The explorer as plain HTML with an embedded PNG (no kernel needed), at `p` or the initial p."""
         p = self.initial_p if p is None else float(p)
-        png = base64.b64encode(self._png(p)).decode("ascii")
-        return (
-            f'<div class="{self._snapshot_class}">'
-            f'<img alt="loss, probabilities and gradient at p = {p:.3f}" style="max-width:100%" '
-            f'src="data:image/png;base64,{png}">'
-            f"{_readout_html(p, self.tokens, self.weights)}"
-            '<div style="font-size:0.8em;color:#666;margin:2px 0 0 4px">Static snapshot: run the notebook '
-            "to drag the probability yourself.</div></div>"
-        )
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import HTML, display
-
-        display(HTML(self.static_html()))
-        display(self.widget._repr_mimebundle_(), raw=True)
+        image = png_html(self._png(p), f"loss, probabilities and gradient at p = {p:.3f}")
+        return self._snapshot(image + _readout_html(p, self.tokens, self.weights),
+                              "run the notebook to drag the probability yourself.")
 
 
 def loss_explorer(p: float = 0.25, tokens=DEFAULT_TOKENS, weights=DEFAULT_WEIGHTS) -> LossExplorer:

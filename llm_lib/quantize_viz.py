@@ -9,14 +9,12 @@ formula. ipywidgets and matplotlib are imported inside the functions that need t
 """
 from __future__ import annotations
 
-import base64
 import html
 import math
-import uuid
 
 import torch
 
-from llm_lib.display import figure_png
+from llm_lib.display import figure_png, png_html, SnapshotExplorer
 from llm_lib.quantize import quantize_tensor
 
 __all__ = ["quantization_stats", "quantization_figure", "QuantizationExplorer", "quantization_explorer"]
@@ -91,7 +89,7 @@ def _readout_html(stats, bits, label):
             f"with fp16 scales · RMS error <b>{stats['rms_error']:.2e}</b> · SNR <b>{stats['snr_db']:.1f} dB</b></div>")
 
 
-class QuantizationExplorer:
+class QuantizationExplorer(SnapshotExplorer):
     """Sliders for the code width and the group size; redrawn as they move. Displayed as a static PNG
     of the initial state (for the built book) plus the live widget, which hides the snapshot."""
 
@@ -103,12 +101,11 @@ class QuantizationExplorer:
         if block not in BLOCK_CHOICES:
             raise ValueError(f"block must be one of {list(BLOCK_CHOICES)}, got {block!r}")
         self.w, self.initial = w.detach().float(), (int(bits), block)
-        self._snapshot_class = f"llm-lib-quant-snapshot-{uuid.uuid4().hex[:12]}"
         self.bits = widgets.IntSlider(value=bits, min=2, max=8, description="bits", continuous_update=False)
         self.block = widgets.Dropdown(options=list(BLOCK_CHOICES), value=block, description="one scale per")
         self.image = widgets.Image(format="png")
         self.readout = widgets.HTML()
-        hide = widgets.HTML(f"<style>.{self._snapshot_class} {{display: none !important;}}</style>")
+        hide = self._hide_snapshot()
         self.widget = widgets.VBox([widgets.HBox([self.bits, self.block]), self.image, self.readout, hide])
         self.bits.observe(self._update, names="value")
         self.block.observe(self._update, names="value")
@@ -123,16 +120,8 @@ class QuantizationExplorer:
 
     def static_html(self):
         png, readout = self._render(*self.initial)
-        return (f'<div class="{self._snapshot_class}"><img alt="weights, quantization grid and error" '
-                f'style="max-width:100%" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
-                f'{readout}<div style="font-size:0.8em;color:#666;margin:2px 0 0 4px">Static snapshot: run the '
-                "notebook to change the bits and the block size.</div></div>")
-
-    def _ipython_display_(self):
-        from IPython.display import HTML, display
-
-        display(HTML(self.static_html()))
-        display(self.widget._repr_mimebundle_(), raw=True)
+        return self._snapshot(png_html(png, "weights, quantization grid and error") + readout,
+                              "run the notebook to change the bits and the block size.")
 
 
 def quantization_explorer(w, bits=4, block="blocks of 32"):

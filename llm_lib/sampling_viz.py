@@ -11,13 +11,11 @@ functions that need them.
 """
 from __future__ import annotations
 
-import base64
 import html
-import uuid
 
 import torch
 
-from llm_lib.display import VISIBLE_WHITESPACE, figure_png
+from llm_lib.display import VISIBLE_WHITESPACE, figure_png, png_html, SnapshotExplorer
 from llm_lib.sampling import generate, top_k_filter, top_p_filter
 
 __all__ = ["filtered_probs", "entropy_nats", "token_label", "distribution_figure",
@@ -95,7 +93,7 @@ def distribution_figure(logits, labels, temperature=1.0, top_k=None, top_p=None,
     return fig
 
 
-class SamplingExplorer:
+class SamplingExplorer(SnapshotExplorer):
     """Sliders for temperature, top-k, top-p and the seed; redrawn as they move: the filtered next-token
     distribution of `prompt` and a continuation sampled from the model with those settings.
 
@@ -114,7 +112,6 @@ class SamplingExplorer:
         with torch.no_grad():
             self.logits = model(torch.tensor([self.ids[-model.config.context_length:]]))[0, -1].float()  # (V,)
         self.initial = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), seed=int(seed))
-        self._snapshot_class = f"llm-lib-sampling-snapshot-{uuid.uuid4().hex[:12]}"
         slider = dict(continuous_update=False, style={"description_width": "initial"},
                       layout=widgets.Layout(width="45%"))
         self.temperature = widgets.FloatSlider(value=temperature, min=0.0, max=3.0, step=0.05,
@@ -125,7 +122,7 @@ class SamplingExplorer:
         self.seed = widgets.IntSlider(value=seed, min=0, max=99, description="seed", **slider)
         self.image = widgets.Image(format="png")
         self.readout = widgets.HTML()
-        hide_snapshot = widgets.HTML(f"<style>.{self._snapshot_class} {{display: none !important;}}</style>")
+        hide_snapshot = self._hide_snapshot()
         controls = widgets.VBox([widgets.HBox([self.temperature, self.top_k]), widgets.HBox([self.top_p, self.seed])])
         self.widget = widgets.VBox([controls, self.image, self.readout, hide_snapshot])
         for control in (self.temperature, self.top_k, self.top_p, self.seed):
@@ -162,22 +159,12 @@ class SamplingExplorer:
     def static_html(self):
         """The explorer's initial state as plain HTML with an embedded PNG (no kernel needed)."""
         s = self.initial
-        png = base64.b64encode(self._png(s["temperature"], s["top_k"], s["top_p"])).decode("ascii")
-        return (
-            f'<div class="{self._snapshot_class}">'
-            f'<img alt="next-token distribution at temperature {s["temperature"]:g}" style="max-width:100%" '
-            f'src="data:image/png;base64,{png}">'
-            f'{self._readout_html(s["temperature"], s["top_k"], s["top_p"], s["seed"])}'
-            '<div style="font-size:0.8em;color:#666;margin:2px 0 0 4px">Static snapshot (temperature '
-            f'{s["temperature"]:g}, top-k {s["top_k"] or "off"}, top-p {s["top_p"] if s["top_p"] < 1 else "off"}, '
-            f'seed {s["seed"]}): run the notebook to move the sliders.</div></div>'
-        )
-
-    def _ipython_display_(self):
-        from IPython.display import HTML, display
-
-        display(HTML(self.static_html()))
-        display(self.widget._repr_mimebundle_(), raw=True)
+        image = png_html(self._png(s["temperature"], s["top_k"], s["top_p"]),
+                         f'next-token distribution at temperature {s["temperature"]:g}')
+        settings = (f'temperature {s["temperature"]:g}, top-k {s["top_k"] or "off"}, '
+                    f'top-p {s["top_p"] if s["top_p"] < 1 else "off"}, seed {s["seed"]}')
+        return self._snapshot(image + self._readout_html(s["temperature"], s["top_k"], s["top_p"], s["seed"]),
+                              f"{settings}; run the notebook to move the sliders.")
 
 
 def sampling_explorer(model, tokenizer, prompt=DEFAULT_PROMPT, temperature=1.0, top_k=0, top_p=1.0, seed=0,

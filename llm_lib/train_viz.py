@@ -11,11 +11,8 @@ a second formula. IPython, ipywidgets and matplotlib are imported inside the fun
 """
 from __future__ import annotations
 
-import base64
-import html
-import uuid
 
-from llm_lib.display import figure_png
+from llm_lib.display import figure_png, png_html, SnapshotExplorer
 from llm_lib.train import TrainConfig, lr_schedule
 
 __all__ = ["schedule_stats", "schedule_figure", "ScheduleExplorer", "schedule_explorer"]
@@ -86,7 +83,7 @@ def _readout_html(config: TrainConfig) -> str:
             f"{config.max_iters} steps above half the peak</div>")
 
 
-class ScheduleExplorer:
+class ScheduleExplorer(SnapshotExplorer):
     """Sliders for the warmup length, the peak and the floor of the learning rate; the schedule is redrawn
     as they move, with the course base model's schedule behind it for comparison.
 
@@ -100,7 +97,6 @@ class ScheduleExplorer:
 
         self.initial = _config(max_iters, warmup_iters, max_lr, min_lr)
         self.max_iters = int(max_iters)
-        self._snapshot_class = f"llm-lib-schedule-snapshot-{uuid.uuid4().hex[:12]}"
         style, layout = {"description_width": "initial"}, widgets.Layout(width="60%")
         self.warmup = widgets.IntSlider(value=warmup_iters, min=0, max=self.max_iters // 2, step=5,
                                         description="warmup_iters", continuous_update=False, style=style, layout=layout)
@@ -111,7 +107,7 @@ class ScheduleExplorer:
                                              layout=layout)
         self.image = widgets.Image(format="png")
         self.readout = widgets.HTML()
-        hide_snapshot = widgets.HTML(f"<style>.{self._snapshot_class} {{display: none !important;}}</style>")
+        hide_snapshot = self._hide_snapshot()
         self.widget = widgets.VBox([self.warmup, self.max_lr, self.min_ratio, self.image, self.readout, hide_snapshot])
         for slider in (self.warmup, self.max_lr, self.min_ratio):
             slider.observe(self._update, names="value")
@@ -132,19 +128,10 @@ class ScheduleExplorer:
 
     def static_html(self) -> str:
         """The explorer in its initial state as plain HTML with an embedded PNG (no kernel needed)."""
-        png = base64.b64encode(self._png(self.initial)).decode("ascii")
-        alt = html.escape(f"learning-rate schedule: warmup {self.initial.warmup_iters} steps, "
-                          f"max_lr {self.initial.max_lr:g}, min_lr {self.initial.min_lr:g}")
-        return (f'<div class="{self._snapshot_class}"><img alt="{alt}" style="max-width:100%" '
-                f'src="data:image/png;base64,{png}">{_readout_html(self.initial)}'
-                '<div style="font-size:0.8em;color:#666;margin:2px 0 0 4px">Static snapshot: run the notebook '
-                "to move the sliders yourself.</div></div>")
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import HTML, display
-
-        display(HTML(self.static_html()))
-        display(self.widget._repr_mimebundle_(), raw=True)
+        alt = (f"learning-rate schedule: warmup {self.initial.warmup_iters} steps, "
+               f"max_lr {self.initial.max_lr:g}, min_lr {self.initial.min_lr:g}")
+        return self._snapshot(png_html(self._png(self.initial), alt) + _readout_html(self.initial),
+                              "run the notebook to move the sliders yourself.")
 
 
 def schedule_explorer(max_lr=3e-3, min_lr=3e-4, warmup_iters=40, max_iters=500) -> ScheduleExplorer:

@@ -285,3 +285,22 @@ def test_group_html_marks_groups_without_signal():
     assert "teaches nothing" in page and "&lt;b&gt;4&lt;/b&gt;" in page  # replies are escaped
     mixed = group_html(task, [row, dict(row, reply="5", correct=True, reward=1.1, advantage=0.7, dr_advantage=0.5)])
     assert "1 of 2 right" in mixed and "teaches nothing" not in mixed
+
+
+def test_group_explorer_snapshot_and_live_redraw():
+    from llm_lib import pipeline
+    from llm_lib.grpo_viz import group_explorer
+    from llm_lib.sft import Task
+
+    tok = pipeline.load("tokenizer")
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=len(tok.vocab), context_length=64, n_layer=1, n_head=2, d_model=16))
+    tasks = [Task("What is 2 plus 3?", "5", "add"), Task("What is 1 plus 1?", "2", "add")]
+    explorer = group_explorer({"tiny": model}, tok, tasks, group_size=4)
+    page = explorer.static_html()
+    assert explorer._snapshot_class in page and "Static snapshot" in page and "2 plus 3" in page
+    assert explorer._snapshot_class in explorer.widget.children[-1].value  # the live widget hides the snapshot
+    explorer.task.value = 1  # a new prompt redraws the live view, not the book's snapshot
+    assert "1 plus 1" in explorer.view.value and "1 plus 1" not in page
+    with pytest.raises(ValueError, match="at least one model"):
+        group_explorer({}, tok, tasks)
