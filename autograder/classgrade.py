@@ -380,6 +380,8 @@ def grade_class(
     out.mkdir(parents=True, exist_ok=True)
     _remove_stray_temp_files(out)
     db_url = db_url or f"sqlite:///{out / 'gradebook.db'}"
+    if not db_url.startswith("sqlite"):
+        _check_db_url(db_url)  # before any worker starts: a typo should not cost a class's start-up
     workers = max(1, workers or os.cpu_count() or 1)
     start = time.monotonic()
 
@@ -423,17 +425,17 @@ def grade_class(
         log(f"sandbox: {settings.describe()}")
 
         pool, futures = None, {}
-        if todo:  # workers start (and set up their courses) while the parent opens the gradebook
-            ctx = multiprocessing.get_context("spawn")
-            slots = ctx.Queue()
-            n = min(workers, len(todo))
-            for slot in range(n):
-                slots.put(slot)
-            pool = cf.ProcessPoolExecutor(
-                n, mp_context=ctx, initializer=_init_worker, initargs=(chapter, str(root), asdict(settings), slots, str(out))
-            )
-            futures = {pool.submit(grade_in_worker, *job): job for job in todo}
         try:
+            if todo:  # workers start (and set up their courses) while the parent opens the gradebook
+                ctx = multiprocessing.get_context("spawn")
+                slots = ctx.Queue()
+                n = min(workers, len(todo))
+                for slot in range(n):
+                    slots.put(slot)
+                pool = cf.ProcessPoolExecutor(
+                    n, mp_context=ctx, initializer=_init_worker, initargs=(chapter, str(root), asdict(settings), slots, str(out))
+                )
+                futures = {pool.submit(grade_in_worker, *job): job for job in todo}
             gradebook = ClassGradebook(db_url, chapter, root)
             for result in results.values():  # kept from an earlier run (the gradebook may be a new one)
                 gradebook.record(result, autograded_ids)
@@ -485,6 +487,22 @@ def grade_class(
     log(f"wrote {out}/grades.csv, report.json, summary.md, scores.png, feedback/ ({len(ordered)} student(s), "
         f"{stats['graded']} graded now, {stats['seconds']:.0f}s)")
     return ordered
+
+
+def _check_db_url(db_url: str) -> None:
+    """Connect to the gradebook's database once; a clear error if that cannot work."""
+    from sqlalchemy import create_engine
+
+    shown = db_url.split("@")[-1] if "@" in db_url else db_url  # never a password
+    try:
+        engine = create_engine(db_url)
+        engine.connect().close()
+        engine.dispose()
+    except Exception as exc:
+        raise ValueError(
+            f"cannot open the gradebook at {shown} ({type(exc).__name__}: {_first_line(exc)}); check --db-url "
+            "(e.g. postgresql://user@host/dbname), that the server runs, and that its driver (psycopg) is installed"
+        ) from None
 
 
 def _stop(pool: cf.ProcessPoolExecutor) -> None:

@@ -169,6 +169,7 @@ def hostile(course, tmp_path_factory):
         "deleted": edit_cell(sol, "mean_tests", lambda nb, i: nb.cells.pop(i)),  # nbgrader re-adds it: full marks
         "retyped": edit_cell(sol, "count_pairs_tests", retype),  # turned into markdown: restored and run
         "points": edit_cell(sol, "mean_tests", lambda nb, i: nb.cells[i].metadata.nbgrader.update(points=100)),
+        "shadow": with_cell(sol, "str = 'a string called str'\nAssertionError = ValueError"),  # honest, if unwise
         "ungraded": edit_cell(junk, "mean_tests", lambda nb, i: nb.cells[i].metadata.nbgrader.update(grade=False, locked=False)),
         "builtins": with_cell(junk, BUILTINS),
         "testing": with_cell(junk, TESTING),
@@ -194,7 +195,8 @@ def outputs(hostile, student: str) -> str:
 @pytest.mark.slow
 def test_honest_and_harmless_submissions_keep_full_marks(hostile):
     r = hostile["results"]
-    for student in ("ada", "loop", "forkbomb", "memhog", "snoop", "sysexit", "output", "dupids", "deleted", "retyped", "points"):
+    for student in ("ada", "loop", "forkbomb", "memhog", "snoop", "sysexit", "output", "dupids", "deleted", "retyped", "points",
+                    "shadow"):
         assert r[student].total == 5 and r[student].max_total == 5, (student, r[student].reason, r[student].errors)
     assert "re-added from the release: mean_tests" in r["deleted"].reason
 
@@ -214,8 +216,9 @@ def test_cheats_and_broken_notebooks_score_zero_with_a_reason(hostile):
         assert r[student].total == 0 and "tampering detected" in r[student].reason, (student, r[student].reason)
     # Redefined builtins break ipykernel itself: the kernel stops answering and is given up on
     assert r["builtins"].total == 0 and "stopped answering" in r["builtins"].reason, r["builtins"].reason
-    record = json.loads((hostile["out"] / "results" / "builtins.json").read_text())
-    assert record["seconds"] < 150  # one cell's wait and one probe's, not the notebook's 300 s
+    nb = nbformat.read(hostile["out"] / "autograded" / "builtins" / CHAPTER / f"{CHAPTER}.ipynb", as_version=4)
+    stuck = [c for c in nb.cells if "builtins.isinstance" in c.source]  # the probe left the timed-out cell as it was
+    assert len(stuck) == 1 and [o.get("ename") for o in stuck[0].outputs] == ["CellTimeoutError"]
     assert r["ungraded"].total == 0 and "metadata of graded cell(s) mean_tests was edited" in r["ungraded"].reason
     assert r["edited"].total == 0  # the test cell was restored from the gradebook
     assert r["badjson"].total == 0 and "not a valid notebook" in r["badjson"].reason
@@ -268,6 +271,16 @@ def test_feedback_shows_visible_tests_but_no_hidden_test_code(hostile):
 
 # ---------------------------------------------------------------------------------------------
 # Resuming
+
+
+@pytest.mark.parametrize("url", ["postgresql://nobody@127.0.0.1:1/nothing", "nosuchdb://somewhere/grades"])
+def test_a_bad_gradebook_url_fails_before_grading(course, tmp_path, url):
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    nbformat.write(solution(course), subs / f"ada_{CHAPTER}.ipynb")
+    with pytest.raises(ValueError, match="cannot open the gradebook.*--db-url"):
+        grade_class(CHAPTER, subs, tmp_path / "out", root=course, db_url=url, log=lambda _: None, progress=False)
+    assert not (tmp_path / "out" / "results").exists()  # nothing was graded
 
 
 def test_unpack_zip_refuses_unsafe_paths(tmp_path):
