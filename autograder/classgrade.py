@@ -470,7 +470,7 @@ def grade_class(
         "chapter": chapter,
         "grader_version": GRADER_VERSION,
         "sandbox": settings.describe(),
-        "gradebook": db_url.split("@")[-1] if "@" in db_url else db_url,  # never a password
+        "gradebook": _without_credentials(db_url),
         "stats": stats,
         "cells": [asdict(c) for c in cells],
         "students": [
@@ -489,18 +489,22 @@ def grade_class(
     return ordered
 
 
+def _without_credentials(db_url: str) -> str:
+    """The gradebook URL as reports and errors show it: never a user name or password."""
+    return db_url.split("@")[-1] if "@" in db_url else db_url
+
+
 def _check_db_url(db_url: str) -> None:
     """Connect to the gradebook's database once; a clear error if that cannot work."""
     from sqlalchemy import create_engine
 
-    shown = db_url.split("@")[-1] if "@" in db_url else db_url  # never a password
     try:
         engine = create_engine(db_url)
         engine.connect().close()
         engine.dispose()
     except Exception as exc:
         raise ValueError(
-            f"cannot open the gradebook at {shown} ({type(exc).__name__}: {_first_line(exc)}); check --db-url "
+            f"cannot open the gradebook at {_without_credentials(db_url)} ({type(exc).__name__}: {_first_line(exc)}); check --db-url "
             "(e.g. postgresql://user@host/dbname), that the server runs, and that its driver (psycopg) is installed"
         ) from None
 
